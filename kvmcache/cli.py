@@ -1,0 +1,119 @@
+"""The `kvmcache` command: a lazy click group.
+
+Each command lives in ``kvmcache/commands/<module>.py`` as a click command named
+``command`` and is imported only when it runs, so ``kvmcache --help`` never imports
+numba. Errors a user can cause are :class:`KvmcacheError` and are printed here, once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from kvmcache import __version__
+from kvmcache.errors import EXIT_INTERNAL, EXIT_USAGE, KvmcacheError
+
+#: command name -> (module under kvmcache.commands, one-line help shown by --help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "replay": ("replay", "Replay a trace through the model under one allocation strategy."),
+    "compare": ("compare", "Replay a trace under several strategies, side by side."),
+    "sweep": ("sweep", "Replay parameter grids x strategies x traces, in parallel."),
+    "plot": ("plot", "Chart a timeline, sweep or compare result."),
+    "convert": ("convert", "Convert a trace between YAML and binary."),
+    "info": ("info", "Print a trace's header and event statistics."),
+    "synth": ("synth", "Write a synthetic guest-fault trace."),
+    "import": ("importcmd", "Import recorded kernel traces (ftrace, trace-cmd, perf)."),
+    "warmup": ("warmup", "Compile the replay kernels ahead of time (for CI images)."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a command's module only when the command is used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [n for n, (mod, _) in COMMANDS.items() if _module_exists(mod)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = COMMANDS.get(cmd_name)
+        if entry is None or not _module_exists(entry[0]):
+            return None
+        module = importlib.import_module(f"kvmcache.commands.{entry[0]}")
+        return module.command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(n, COMMANDS[n][1]) for n in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _module_exists(mod: str) -> bool:
+    here = os.path.join(os.path.dirname(__file__), "commands", f"{mod}.py")
+    return os.path.exists(here)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="kvmcache")
+def cli() -> None:
+    """kvmcache: replay KVM guest-fault traces through a model of KVM's MMU memory
+    caches, the TDP MMU page tables and TDX Dynamic PAMT, under each allocation strategy.
+
+    \b
+    Typical use:
+      kvmcache replay trace.kvmt
+      kvmcache compare trace.kvmt --alloc dpamt-pair
+      kvmcache replay trace.kvmt --format json | jq .counters.alloc_under_lock
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the group, print user errors once, map failures to exit codes."""
+    try:
+        rv = cli.main(args=argv, prog_name="kvmcache", standalone_mode=False)
+    except KvmcacheError as e:
+        _flush_quietly()
+        print(f"kvmcache: error: {e.message}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        print("kvmcache: aborted", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except BrokenPipeError:
+        _silence_broken_pipe()
+        sys.exit(0)
+    except KeyboardInterrupt:
+        print("kvmcache: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # a bug in kvmcache: say so, exit 1
+        if os.environ.get("KVMCACHE_DEBUG"):
+            raise
+        print(
+            f"kvmcache: internal error: {type(e).__name__}: {e} "
+            "(set KVMCACHE_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_INTERNAL)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _flush_quietly() -> None:
+    try:
+        sys.stdout.flush()
+    except Exception:
+        pass
+
+
+def _silence_broken_pipe() -> None:
+    # stdout's reader went away (`| head`): point stdout at devnull so the final flush is quiet.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except Exception:
+        pass
