@@ -1,0 +1,267 @@
+"""Drive a trace's chunks through the jitted kernel and collect a :class:`ReplayResult`.
+
+Replay memory does not grow with trace length: the reader yields one chunk at a time,
+the kernel updates fixed state arrays, and only the counters leave the loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kvmcache import params as params_mod
+from kvmcache.errors import EXIT_INTERNAL, KvmcacheError
+from kvmcache.sim.counters import COUNTERS, DEFAULT_STRATEGY, N_COUNTERS
+from kvmcache.trace import TraceSource
+from kvmcache.trace.events import TraceHeader
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class ReplayResult:
+    """What one replay of one trace under one strategy computed."""
+
+    alloc: str  # the strategy asked for
+    effective_alloc: str  # what ran ("none" for every strategy on a vmx trace)
+    params: dict[str, int | bool]
+    header: TraceHeader
+    counters: dict[str, int]
+    histograms: dict[str, list[int]]
+    elapsed: float = 0.0
+    timeline: np.ndarray | None = None  # rows of kernel.T_* columns
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def spinlock_safe(self) -> bool:
+        return self.counters["alloc_under_lock"] == 0 and self.counters["fault_retries"] == 0
+
+    @property
+    def balanced(self) -> bool:
+        return self.counters["refcount_underflow"] == 0 and self.counters["leaked_ranges"] == 0
+
+
+def resolve_params(
+    header: TraceHeader,
+    config: Mapping[str, int | bool] | None = None,
+    overrides: Mapping[str, int | bool] | None = None,
+) -> dict[str, int | bool]:
+    """Merge defaults < trace params < config file < --set, and validate."""
+    trace_params = params_mod.parse_mapping(header.params or {}, header.path or "trace")
+    return params_mod.merge(trace_params, config, overrides)
+
+
+class _Run:
+    """One strategy's state, fed chunk by chunk."""
+
+    def __init__(
+        self,
+        header: TraceHeader,
+        params: dict[str, int | bool],
+        alloc: str,
+        sample_every: int,
+    ) -> None:
+        from kvmcache.sim import kernel, state
+
+        self.K = kernel
+        self.state_mod = state
+        self.header = header
+        self.params = params
+        self.alloc = alloc
+        self.effective = state.effective_strategy(header, alloc)
+        self.sample_every = sample_every
+        nsamples = 4096 if sample_every else 0
+        self.s = state.build(header, params, alloc, sample_every=sample_every, nsamples=nsamples)
+        self.samples: list[np.ndarray] = []
+        self.elapsed = 0.0
+
+    def feed(self, chunk: np.ndarray, base: int) -> None:
+        K = self.K
+        t0 = time.perf_counter()
+        cols = (
+            chunk["ts"],
+            chunk["op"],
+            chunk["vcpu"],
+            chunk["gfn"],
+            chunk["pfn"],
+            chunk["level"],
+            chunk["flags"],
+        )
+        start = 0
+        while True:
+            status, idx = K.run_chunk(self.s, *cols, start)
+            start = int(idx)
+            if status == K.ST_OK:
+                break
+            if status == K.ST_GROW_VCPUS:
+                self.s = self.state_mod.grow_vcpus(self.s, int(chunk["vcpu"][start]) + 1)
+            elif status == K.ST_GROW_FSTACK:
+                self.s = self.state_mod.grow_fstack(self.s)
+            elif status == K.ST_SAMPLES_FULL:
+                self._flush_samples()
+            else:
+                self._flush_samples()
+                raise KvmcacheError(self._error_message(chunk, start, base))
+        self._flush_samples()
+        self.elapsed += time.perf_counter() - t0
+
+    def _flush_samples(self) -> None:
+        n = int(self.s.G[self.K.G_NSAMPLES])
+        if n:
+            self.samples.append(self.s.samples[:n].copy())
+            self.s.G[self.K.G_NSAMPLES] = 0
+
+    def _error_message(self, chunk: np.ndarray, i: int, base: int) -> str:
+        K = self.K
+        code = int(self.s.G[K.G_ERR])
+        where = f"{self.header.path or 'trace'}: event {base + i}"
+        if code == K.E_PRIVATE_VMX:
+            return f"{where}: private fault on a vmx trace"
+        if code == K.E_VCPU_LIVE:
+            return f"{where}: vcpu_create of vCPU {int(chunk['vcpu'][i])}, which is already live"
+        if code == K.E_VM_EXISTS:
+            return f"{where}: vm_create when the VM already exists"
+        if code == K.E_AFTER_DESTROY:
+            return f"{where}: event after vm_destroy (a trace describes one VM)"
+        if code == K.E_BAD_OP:
+            return f"{where}: unknown op code {int(chunk['op'][i])}"
+        if code == K.E_KERNEL_PAGES:
+            return (
+                f"{where}: the kernel allocation region is exhausted "
+                f"(kernel_pages={self.params['kernel_pages']} from pfn "
+                f"{int(self.s.P[K.P_KBASE]):#x}); raise kernel_pages"
+            )
+        raise KvmcacheError(f"{where}: replay kernel failed (code {code})", EXIT_INTERNAL)
+
+    def finish(self) -> ReplayResult:
+        K = self.K
+        t0 = time.perf_counter()
+        err = K.finish(self.s, bool(self.params["teardown"]))
+        self.elapsed += time.perf_counter() - t0
+        if err:
+            raise KvmcacheError(
+                f"{self.header.path or 'trace'}: teardown: the kernel allocation region is "
+                "exhausted; raise kernel_pages"
+            )
+        C = self.s.C
+        counters = {name: int(C[i]) for i, name in enumerate(COUNTERS)}
+        U = self.s.U
+        counters["cache_idle_page_ns"] = (int(U[K.U_NS_HI]) << 64) | int(U[K.U_NS_LO])
+        timeline = np.concatenate(self.samples) if self.samples else None
+        notes = []
+        if self.effective != self.alloc:
+            notes.append(f"{self.alloc} behaves as none on a vmx trace")
+        return ReplayResult(
+            alloc=self.alloc,
+            effective_alloc=self.effective,
+            params=dict(self.params),
+            header=self.header,
+            counters=counters,
+            histograms={"fault_pages": [int(x) for x in self.s.H]},
+            elapsed=self.elapsed,
+            timeline=timeline,
+            notes=notes,
+        )
+
+
+def _check_layout() -> None:
+    from kvmcache.sim import kernel
+
+    want = N_COUNTERS * 1000 + kernel.N_P * 10 + kernel.N_G % 10
+    if kernel.layout_check() != want:
+        raise KvmcacheError(
+            "the numba cache of kvmcache/sim/kernel.py is stale; delete kvmcache/sim/__pycache__",
+            EXIT_INTERNAL,
+        )
+
+
+def replay_many(
+    source: TraceSource,
+    allocs: Sequence[str],
+    overrides: Mapping[str, int | bool] | None = None,
+    *,
+    config: Mapping[str, int | bool] | None = None,
+    params: Mapping[str, int | bool] | None = None,
+    validate: bool = True,
+    progress: Progress | None = None,
+    timeline_every: int = 0,
+    threads: int = 0,
+) -> list[ReplayResult]:
+    """Replay one trace under several strategies in one pass over its events.
+
+    Each chunk is read (and validated) once and then run through one kernel state per
+    strategy; with ``threads`` > 1 the strategies of a chunk run in parallel threads
+    (the kernel releases the GIL).
+    """
+    header = source.header
+    merged = dict(params) if params is not None else resolve_params(header, config, overrides)
+    _check_layout()
+    runs = [_Run(header, merged, a, timeline_every) for a in allocs]
+    validator = None
+    if validate:
+        from kvmcache.trace.validate import Validator
+
+        validator = Validator(header)
+    pool = ThreadPoolExecutor(threads) if threads > 1 and len(runs) > 1 else None
+    base = 0
+    try:
+        for chunk in source.chunks():
+            if validator is not None:
+                validator.check(chunk, base)
+            if pool is not None:
+                futures = [pool.submit(r.feed, chunk, base) for r in runs]
+                for f in futures:
+                    f.result()
+            else:
+                for r in runs:
+                    r.feed(chunk, base)
+            base += len(chunk)
+            if progress is not None:
+                progress(base)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return [r.finish() for r in runs]
+
+
+def replay(
+    source: TraceSource,
+    alloc: str = DEFAULT_STRATEGY,
+    overrides: Mapping[str, int | bool] | None = None,
+    **kwargs,
+) -> ReplayResult:
+    """Replay one trace under one strategy (see :func:`replay_many` for the options)."""
+    return replay_many(source, [alloc], overrides, **kwargs)[0]
+
+
+def replay_events(
+    header: TraceHeader,
+    events: np.ndarray,
+    alloc: str = DEFAULT_STRATEGY,
+    overrides: Mapping[str, int | bool] | None = None,
+    *,
+    chunk_events: int = 1 << 20,
+    **kwargs,
+) -> ReplayResult:
+    """Replay an in-memory event array (tests, synth, benchmarks)."""
+    from kvmcache.trace import InMemoryTrace
+
+    return replay(InMemoryTrace(header, events, chunk_events), alloc, overrides, **kwargs)
+
+
+def all_strategies_for(header: TraceHeader) -> list[str]:
+    """Every strategy meaningful for the trace: all five on tdx, only none on vmx."""
+    from kvmcache.sim.counters import STRATEGIES
+
+    return list(STRATEGIES) if header.is_tdx else ["none"]
+
+
+def iter_counters(results: Iterable[ReplayResult]) -> Iterable[tuple[str, list[int]]]:
+    """(counter, value per run) in COUNTERS order."""
+    results = list(results)
+    for name in COUNTERS:
+        yield name, [r.counters[name] for r in results]
