@@ -66,5 +66,11 @@ N_COUNTERS = len(COUNTERS)
 HISTOGRAMS: tuple[str, ...] = ("fault_pages",)
 FAULT_PAGES_BUCKETS = 17  # 0..16, the last holds 16 and more
 
-STRATEGIES: tuple[str, ...] = ("none", "dpamt-install", "dpamt-alloc", "dpamt-pair", "dpamt-prealloc")
+STRATEGIES: tuple[str, ...] = (
+    "none",
+    "dpamt-install",
+    "dpamt-alloc",
+    "dpamt-pair",
+    "dpamt-prealloc",
+)
 DEFAULT_STRATEGY = "dpamt-install"

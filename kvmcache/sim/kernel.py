@@ -1035,6 +1035,18 @@ def _sample(s, t):
 
 
 @njit(cache=True, nogil=True)
+def final_sample(s):
+    """A timeline row for the end of the trace (before teardown) unless one was just taken."""
+    if s.G[G_EVENTS] == 0 or s.G[G_NSAMPLES] >= s.P[P_NSAMPLES]:
+        return False
+    every = s.P[P_SAMPLE_EVERY]
+    if every > 0 and s.G[G_EVENTS] % every == 0:
+        return False
+    _sample(s, s.U[U_LAST_TS])
+    return True
+
+
+@njit(cache=True, nogil=True)
 def finish(s, teardown):
     """End of trace: snapshot the ``*_end`` counters, then tear the VM down if asked."""
     C = s.C

@@ -35,6 +35,8 @@ class ReplayResult:
     elapsed: float = 0.0
     timeline: np.ndarray | None = None  # rows of kernel.T_* columns
     notes: list[str] = field(default_factory=list)
+    ts_first: int | None = None
+    ts_last: int | None = None
 
     @property
     def spinlock_safe(self) -> bool:
@@ -140,6 +142,10 @@ class _Run:
     def finish(self) -> ReplayResult:
         K = self.K
         t0 = time.perf_counter()
+        if self.sample_every:
+            self._flush_samples()
+            K.final_sample(self.s)
+            self._flush_samples()
         err = K.finish(self.s, bool(self.params["teardown"]))
         self.elapsed += time.perf_counter() - t0
         if err:
@@ -208,10 +214,15 @@ def replay_many(
         validator = Validator(header)
     pool = ThreadPoolExecutor(threads) if threads > 1 and len(runs) > 1 else None
     base = 0
+    ts_first = ts_last = None
     try:
         for chunk in source.chunks():
             if validator is not None:
                 validator.check(chunk, base)
+            if len(chunk):
+                if ts_first is None:
+                    ts_first = int(chunk["ts"][0])
+                ts_last = int(chunk["ts"][-1])
             if pool is not None:
                 futures = [pool.submit(r.feed, chunk, base) for r in runs]
                 for f in futures:
@@ -225,7 +236,10 @@ def replay_many(
     finally:
         if pool is not None:
             pool.shutdown()
-    return [r.finish() for r in runs]
+    results = [r.finish() for r in runs]
+    for res in results:
+        res.ts_first, res.ts_last = ts_first, ts_last
+    return results
 
 
 def replay(

@@ -37,7 +37,9 @@ def kernel_base(header: TraceHeader, params: Mapping[str, int | bool]) -> int:
 def effective_strategy(header: TraceHeader, alloc: str) -> str:
     """On a vmx trace every strategy behaves as ``none``."""
     if alloc not in STRATEGIES:
-        raise KvmcacheError(f"unknown allocation strategy {alloc!r} (known: {', '.join(STRATEGIES)})")
+        raise KvmcacheError(
+            f"unknown allocation strategy {alloc!r} (known: {', '.join(STRATEGIES)})"
+        )
     return alloc if header.is_tdx else "none"
 
 
@@ -106,7 +108,9 @@ def build(
             "lower gfn_limit/host_pfn_limit or kernel_pages"
         )
     if nranges >= 2**32 - 1:
-        raise KvmcacheError("host memory plus the kernel region exceeds 2^41 pfns, beyond the model")
+        raise KvmcacheError(
+            "host memory plus the kernel region exceeds 2^41 pfns, beyond the model"
+        )
 
     P = np.zeros(K.N_P, dtype=np.int64)
     P[K.P_CAPACITY] = cap
@@ -148,7 +152,9 @@ def build(
         sept=np.zeros((nv, 3 * max(cap, 1)), dtype=np.int64),
         pamt=np.zeros((nv, max(int(P[K.P_PAMT_TARGET]), 1)), dtype=np.int64),
         vctrl=np.zeros((nv, max(ctrl, 1)), dtype=np.int64),
-        tdctrl=np.zeros(max(int(params["tdr_pages"]) + int(params["tdcs_pages"]), 1), dtype=np.int64),
+        tdctrl=np.zeros(
+            max(int(params["tdr_pages"]) + int(params["tdcs_pages"]), 1), dtype=np.int64
+        ),
         fstack=np.zeros(fstack, dtype=np.int64),
         refc=np.zeros(nranges, dtype=np.int64),
         pair=np.zeros((nranges, 2), dtype=np.int64),

@@ -1,0 +1,129 @@
+"""Options and helpers shared by the replay-family commands (replay, compare, sweep)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import click
+
+from kvmcache.config import Config, load_config
+from kvmcache.params import parse_assignments
+from kvmcache.sim.counters import STRATEGIES
+
+FORMATS = ("table", "json", "csv")
+
+
+def set_option(f):
+    return click.option(
+        "--set",
+        "sets",
+        multiple=True,
+        metavar="NAME=VALUE",
+        help="Set a model parameter (MODEL.md section 2); repeatable.",
+    )(f)
+
+
+def config_option(f):
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        help="YAML file of parameters (and limits:/require: for CI gates).",
+    )(f)
+
+
+def format_option(f):
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(FORMATS),
+        default=None,
+        help="Output format (default: table on a terminal, json otherwise).",
+    )(f)
+
+
+def strict_option(f):
+    return click.option(
+        "--strict", is_flag=True, help="Treat a trailing partial record as an error."
+    )(f)
+
+
+def progress_option(f):
+    return click.option("--no-progress", is_flag=True, help="Never show a progress bar.")(f)
+
+
+def alloc_choice() -> click.Choice:
+    return click.Choice(STRATEGIES)
+
+
+def resolve_format(fmt: str | None) -> str:
+    """table on a terminal, json in a pipeline, unless asked."""
+    if fmt:
+        return fmt
+    return "table" if sys.stdout.isatty() else "json"
+
+
+def load_inputs(config_path: str | None, sets: tuple[str, ...]) -> tuple[Config, dict]:
+    """The config file and the --set overrides (validated later, after merging)."""
+    return load_config(config_path), parse_assignments(sets)
+
+
+@contextmanager
+def progress_bar(
+    total: int | None, enabled: bool, label: str = "replay"
+) -> Iterator[Callable[[int], None]]:
+    """A callback(events_done) driving a rich progress bar on stderr.
+
+    The bar appears only when stderr is a terminal and the work has run for over a
+    second; the callback is called per chunk, so it costs nothing per event.
+    """
+    if not enabled or not sys.stderr.isatty():
+        yield lambda done: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    start = time.monotonic()
+    state: dict[str, object] = {"bar": None, "task": None}
+    console = Console(stderr=True)
+
+    def update(done: int) -> None:
+        if state["bar"] is None:
+            if time.monotonic() - start < 1.0:
+                return
+            bar = Progress(
+                TextColumn(f"[cyan]{label}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("events"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+                refresh_per_second=10,
+            )
+            bar.start()
+            state["bar"] = bar
+            state["task"] = bar.add_task(label, total=total)
+        bar = state["bar"]
+        bar.update(state["task"], completed=done)  # type: ignore[union-attr]
+
+    try:
+        yield update
+    finally:
+        if state["bar"] is not None:
+            state["bar"].stop()  # type: ignore[union-attr]
+
+
+def echo_out(text: str) -> None:
+    """Write a report to standard output (reports only; diagnostics go to stderr)."""
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,82 @@
+"""`kvmcache replay`: one trace, one allocation strategy, every counter."""
+
+from __future__ import annotations
+
+import click
+
+from kvmcache.commands import _common as common
+from kvmcache.sim.counters import DEFAULT_STRATEGY
+
+
+@click.command("replay")
+@click.argument("trace", type=click.Path(allow_dash=True))
+@click.option(
+    "--alloc",
+    type=common.alloc_choice(),
+    default=DEFAULT_STRATEGY,
+    show_default=True,
+    help="Allocation strategy (MODEL.md section 3).",
+)
+@common.set_option
+@common.config_option
+@common.format_option
+@common.strict_option
+@common.progress_option
+@click.option(
+    "--timeline",
+    "timeline_path",
+    type=click.Path(dir_okay=False),
+    help="Write running figures every N events to this CSV file.",
+)
+@click.option(
+    "--every",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Timeline spacing in events (default: about 1000 rows over the trace).",
+)
+def command(
+    trace: str,
+    alloc: str,
+    sets: tuple[str, ...],
+    config_path: str | None,
+    fmt: str | None,
+    strict: bool,
+    no_progress: bool,
+    timeline_path: str | None,
+    every: int | None,
+) -> None:
+    """Replay TRACE (YAML or binary; - reads standard input) under one strategy."""
+    from kvmcache.sim.replay import replay, resolve_params
+    from kvmcache.trace import open_trace
+
+    config, overrides = common.load_inputs(config_path, sets)
+    source = open_trace(trace, strict=strict)
+    params = resolve_params(source.header, config.params, overrides)
+    sample_every = 0
+    if timeline_path:
+        from kvmcache.report.timeline import default_every
+
+        sample_every = every or default_every(source.header.count)
+    with common.progress_bar(source.header.count, not no_progress) as progress:
+        result = replay(
+            source, alloc, params=params, progress=progress, timeline_every=sample_every
+        )
+    if timeline_path:
+        from kvmcache.report.timeline import write_timeline
+
+        write_timeline(timeline_path, [result])
+    fmt = common.resolve_format(fmt)
+    if fmt == "json":
+        from kvmcache.report.jsonfmt import dumps, replay_document
+
+        common.echo_out(dumps(replay_document(result)))
+    elif fmt == "csv":
+        from kvmcache.report.csvfmt import render
+
+        common.echo_out(render([result]))
+    else:
+        from rich.console import Console
+
+        from kvmcache.report.table import render_replay
+
+        render_replay(result, Console())
