@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from kvmcache.commands import _common as common
+from kvmcache.commands import _gates as gating
 from kvmcache.sim.counters import DEFAULT_STRATEGY
 
 
@@ -34,6 +35,7 @@ from kvmcache.sim.counters import DEFAULT_STRATEGY
     default=None,
     help="Timeline spacing in events (default: about 1000 rows over the trace).",
 )
+@gating.gate_options
 def command(
     trace: str,
     alloc: str,
@@ -44,14 +46,23 @@ def command(
     no_progress: bool,
     timeline_path: str | None,
     every: int | None,
+    save_path: str | None,
+    baseline_path: str | None,
+    limits: tuple[str, ...],
+    require: tuple[str, ...],
 ) -> None:
-    """Replay TRACE (YAML or binary; - reads standard input) under one strategy."""
+    """Replay TRACE (YAML or binary; - reads standard input) under one strategy.
+
+    Exit 3 when a --limit or --require fails (the report is still printed).
+    """
     from kvmcache.sim.replay import replay, resolve_params
     from kvmcache.trace import open_trace
 
     config, overrides = common.load_inputs(config_path, sets)
+    gate = gating.build_gate(config, limits, require, baseline_path, save_path)
     source = open_trace(trace, strict=strict)
     params = resolve_params(source.header, config.params, overrides)
+    gate.check_before(source.header, [alloc], params)
     sample_every = 0
     if timeline_path:
         from kvmcache.report.timeline import default_every
@@ -65,11 +76,13 @@ def command(
         from kvmcache.report.timeline import write_timeline
 
         write_timeline(timeline_path, [result])
+    from kvmcache.report.jsonfmt import dumps, replay_document
+
+    doc = replay_document(result)
+    gate.check_after([doc])
     fmt = common.resolve_format(fmt)
     if fmt == "json":
-        from kvmcache.report.jsonfmt import dumps, replay_document
-
-        common.echo_out(dumps(replay_document(result)))
+        common.echo_out(dumps(doc))
     elif fmt == "csv":
         from kvmcache.report.csvfmt import render
 
@@ -80,3 +93,4 @@ def command(
         from kvmcache.report.table import render_replay
 
         render_replay(result, Console())
+    gating.finish(gate, doc, [doc])

@@ -286,6 +286,7 @@ class BinaryWriter:
             )
         except OSError as e:
             raise KvmcacheError(f"{path}: cannot write: {e.strerror or e}") from None
+        _default_mode(self._tmp)
         self._f: io.BufferedWriter = os.fdopen(fd, "wb")
         self._f.write(pack_header(header, 0, False))
         self._closed = False
@@ -327,6 +328,16 @@ class BinaryWriter:
             self.close()
         else:
             self.abort()
+
+
+def _default_mode(path: str) -> None:
+    """mkstemp makes 0600 files; give the output the usual 0666 & ~umask instead."""
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(path, 0o666 & ~umask)
+    except OSError:
+        pass
 
 
 def write_binary(path: str, header: TraceHeader, events: np.ndarray) -> None:

@@ -1,0 +1,171 @@
+"""`kvmcache import INPUT... -o OUT.kvmt`: recorded kernel traces (ftrace, trace-cmd, perf) ->
+a binary trace plus an `OUT.import.yaml` sidecar. The rules are in docs/import.md."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+import click
+import yaml
+
+from kvmcache.errors import KvmcacheError
+from kvmcache.trace.binary import BinaryWriter
+from kvmcache.trace.importers.mapping import PFN_MAPS, ImportOptions, ImportStats, parse_size
+from kvmcache.trace.importers.sources import import_paths
+from kvmcache.trace.importers.text import FORMATS, SKIP_REASONS
+
+PAGE_SIZE = 4096
+
+
+def import_sidecar_path(path: str) -> str:
+    """Where the import records its sources, producer and vCPU map (read by `kvmcache info`)."""
+    return path + ".import.yaml"
+
+
+def _limit(text: str | None, option: str) -> int | None:
+    if text is None:
+        return None
+    pages = parse_size(text, option) // PAGE_SIZE
+    if pages <= 0:
+        raise KvmcacheError(f"{option} {text!r} is smaller than one 4 KiB page")
+    return pages
+
+
+def _write_sidecar(path: str, stats: ImportStats) -> None:
+    doc = {
+        "source": list(stats.sources),
+        "producer": stats.producer,
+        "vcpu_map": dict(stats.vcpu_map),
+    }
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yaml.safe_dump(doc, f, sort_keys=False, default_flow_style=False, allow_unicode=True)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def summary(stats: ImportStats, header_line: str) -> str:
+    """The import summary printed on standard error."""
+    st = stats
+    rate = st.lines / st.seconds if st.seconds > 0 else 0.0
+    out = [
+        f"kvmcache import: {st.lines} lines read from {len(st.sources)} input(s) "
+        f"({st.producer}) in {st.seconds:.2f} s ({rate:,.0f} lines/s)",
+        "  events: "
+        + ", ".join(f"{name} {n}" for name, n in st.events.items())
+        + f" (faults from {st.faults_from})",
+        f"  lines used: {st.event_lines} became events, {st.vcpu_lines} for vCPU attribution only",
+    ]
+    if st.no_event:
+        out.append(
+            "  lines with no model event: "
+            + ", ".join(f"{name} {n}" for name, n in sorted(st.no_event.items()))
+        )
+    out.append("  lines skipped: " + ", ".join(f"{r} {st.skipped.get(r, 0)}" for r in SKIP_REASONS))
+    vmap = st.vcpu_map
+    shown = ", ".join(f"{label} -> {v}" for label, v in list(vmap.items())[:8])
+    more = f", ... ({len(vmap) - 8} more)" if len(vmap) > 8 else ""
+    out.append(f"  vCPUs found: {len(set(vmap.values()))}" + (f" ({shown}{more})" if vmap else ""))
+    out.append(f"  {header_line}")
+    out.extend(f"  warning: {w}" for w in st.warnings)
+    return "\n".join(out)
+
+
+@click.command(name="import")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("-o", "--output", required=True, metavar="OUT.kvmt", help="Binary trace to write.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="auto",
+    show_default=True,
+    help="Producer of text inputs (binary trace.dat / perf.data are recognised by their magic).",
+)
+@click.option("--as-tdx", is_flag=True, help="What-if: every event private, VM type tdx.")
+@click.option(
+    "--shared-bit",
+    type=click.Choice(["47", "51", "none"]),
+    default="none",
+    show_default=True,
+    help="GPA bit that marks shared memory (TDX); faults without it are private.",
+)
+@click.option("--vm", type=click.Choice(["tdx", "vmx"]), default=None, help="Override the VM type.")
+@click.option(
+    "--root-level",
+    type=click.Choice(["4", "5"]),
+    default="4",
+    show_default=True,
+    help="TDP levels.",
+)
+@click.option(
+    "--guest-memory", metavar="SIZE", help="Guest size (e.g. 16GiB); default: from the data."
+)
+@click.option(
+    "--host-memory", metavar="SIZE", help="Host size (e.g. 256GiB); default: from the data."
+)
+@click.option(
+    "--pfn-map",
+    type=click.Choice(PFN_MAPS),
+    default="identity",
+    show_default=True,
+    help="Synthetic host pfns for faults taken from kvm_page_fault.",
+)
+@click.option("--strict", is_flag=True, help="An unparseable line is an error (exit 2).")
+@click.option("--force", is_flag=True, help="Overwrite OUT.kvmt if it exists.")
+def command(
+    inputs: tuple[str, ...],
+    output: str,
+    fmt: str,
+    as_tdx: bool,
+    shared_bit: str,
+    vm: str | None,
+    root_level: str,
+    guest_memory: str | None,
+    host_memory: str | None,
+    pfn_map: str,
+    strict: bool,
+    force: bool,
+) -> None:
+    """Import recorded KVM traces (ftrace, trace-cmd report, perf script) into OUT.kvmt.
+
+    INPUT is a text file (optionally .gz, .xz, .bz2 or .zst), `-` for standard input, or a
+    binary trace.dat / perf.data (rendered with trace-cmd report / perf script).
+    """
+    options = ImportOptions(
+        format=fmt,
+        as_tdx=as_tdx,
+        shared_bit=None if shared_bit == "none" else int(shared_bit),
+        vm=vm,
+        root_level=int(root_level),
+        gfn_limit=_limit(guest_memory, "--guest-memory"),
+        host_pfn_limit=_limit(host_memory, "--host-memory"),
+        pfn_map=pfn_map,
+        strict=strict,
+    )
+    options.check()
+    if inputs.count("-") > 1:
+        raise KvmcacheError("standard input (-) can be given only once")
+    if os.path.isdir(output):
+        raise KvmcacheError(f"{output}: is a directory")
+    if os.path.exists(output) and not force:
+        raise KvmcacheError(f"{output}: already exists; use --force to overwrite it")
+    header, events, stats = import_paths(inputs, options)
+    with BinaryWriter(output, header) as writer:
+        writer.write(events)
+    _write_sidecar(import_sidecar_path(output), stats)
+    line = (
+        f"wrote {output}: {len(events)} events, vm {header.vm_type}, root level "
+        f"{header.root_level}, gfn_limit 0x{header.gfn_limit:x}, "
+        f"host_pfn_limit 0x{header.host_pfn_limit:x}"
+    )
+    print(summary(stats, line), file=sys.stderr)

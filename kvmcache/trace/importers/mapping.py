@@ -1,0 +1,658 @@
+"""Recorded KVM trace records -> kvmcache events: the mapping rules of docs/import.md.
+
+:class:`Importer` consumes the records of one or more inputs (see
+:mod:`kvmcache.trace.importers.text`), keeps per-thread vCPU attribution, accumulates
+candidate events into numpy blocks and, in :meth:`Importer.finish`, decides the fault
+source, resolves vCPUs, applies the private/shared rules, sorts by time and sizes the VM.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kvmcache.errors import KvmcacheError
+from kvmcache.trace.events import (
+    EVENT_DTYPE,
+    FLAG_PRIVATE,
+    LEVEL_1G,
+    LEVEL_2M,
+    LEVEL_4K,
+    MAX_VCPUS,
+    OP_FAULT,
+    OP_NAMES,
+    OP_SPLIT,
+    OP_UNMAP,
+    TraceHeader,
+)
+from kvmcache.trace.importers.text import (
+    FORMATS,
+    SKIP_STACK,
+    SKIP_UNKNOWN,
+    LineReader,
+)
+
+PFN_MAPS = ("identity", "hugepage", "random")
+SHARED_BITS = (47, 51)
+PAGE_SHIFT = 12
+#: Seed of the `--pfn-map random` hash ("kvmcache" in ASCII).
+RANDOM_SEED = 0x6B766D6361636865
+#: Without --host-memory, `--pfn-map random` spreads pages over this many times the guest.
+RANDOM_HOST_FACTOR = 4
+#: Events per numpy block while accumulating.
+BLOCK = 1 << 16
+
+#: SPTE values that mean "not present" when they replace a leaf: 0 and the suppress-#VE
+#: non-present value; 0x5a0 (and with bit 63) marks a child of a removed (zapped) table.
+NONPRESENT_SPTES = frozenset((0, 1 << 63))
+REMOVED_SPTES = frozenset((0x5A0, (1 << 63) | 0x5A0))
+_SPTE_PERM_MASK = 0x7  # EPT R/W/X (NPT: bit 0, present, is inside this mask too)
+_SPTE_PAGE_SIZE = 0x80  # bit 7: a leaf at level 2 or 3
+
+# Candidate kinds (internal; K_PF are the fallback faults from kvm_page_fault).
+K_FAULT, K_UNMAP, K_SPLIT, K_PF = 1, 2, 3, 4
+_KIND_OP = np.array([0, OP_FAULT, OP_UNMAP, OP_SPLIT, OP_FAULT], dtype=np.uint8)
+
+# Record classes.
+C_UNKNOWN, C_KVM, C_MMU, C_SPTE_REQ, C_SPTE_CHG, C_SPLIT, C_PF = range(7)
+_MAPPED = {
+    "kvm_mmu_spte_requested": C_SPTE_REQ,
+    "kvm_tdp_mmu_spte_changed": C_SPTE_CHG,
+    "kvm_mmu_split_huge_page": C_SPLIT,
+    "kvm_page_fault": C_PF,
+}
+#: kvmmmu events whose names do not start with kvm_mmu_ / kvm_tdp_mmu_.
+_MMU_NAMES = frozenset(
+    ("fast_page_fault", "mark_mmio_spte", "handle_mmio_page_fault", "check_mmio_spte")
+)
+_SCALE = (0,) + tuple(10 ** (9 - n) for n in range(1, 10))  # fraction digits -> ns factor
+
+_UNITS = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40}
+_SIZE = re.compile(r"\s*(0x[0-9a-f]+|\d+)\s*(?:(b)|([kmgt])(?:i?b)?)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str, what: str = "size") -> int:
+    """Bytes from ``4GiB``, ``512M``, ``0x1000 K`` or a plain byte count (units are powers of 1024)."""
+    m = _SIZE.match(text)
+    if m is None:
+        raise KvmcacheError(
+            f"{what} {text!r} is not a size (a number and a unit B, K/KiB, M/MiB, G/GiB or T/TiB)"
+        )
+    unit = (m.group(2) or m.group(3) or "").lower()
+    return int(m.group(1), 0) << _UNITS[unit]
+
+
+@dataclass
+class ImportOptions:
+    """How to turn recorded lines into events (the `kvmcache import` options)."""
+
+    format: str = "auto"  # auto | ftrace | trace-cmd | perf-script
+    as_tdx: bool = False  # every event private, VM type tdx (the what-if)
+    shared_bit: int | None = None  # GPA bit 47 or 51; None: no shared-bit information
+    vm: str | None = None  # override the VM type
+    root_level: int = 4
+    gfn_limit: int | None = None  # from --guest-memory; None: computed from the data
+    host_pfn_limit: int | None = None  # from --host-memory; None: computed from the data
+    pfn_map: str = "identity"  # synthetic pfns of faults taken from kvm_page_fault
+    strict: bool = False
+
+    def check(self) -> None:
+        """Raise KvmcacheError for an inconsistent combination."""
+        if self.format not in FORMATS:
+            raise KvmcacheError(f"unknown --format {self.format!r} (one of {', '.join(FORMATS)})")
+        if self.shared_bit is not None and self.shared_bit not in SHARED_BITS:
+            raise KvmcacheError(f"--shared-bit must be 47, 51 or none, not {self.shared_bit}")
+        if self.as_tdx and self.shared_bit is not None:
+            raise KvmcacheError(
+                "--as-tdx and --shared-bit exclude each other: --as-tdx makes every fault "
+                "private, --shared-bit takes private/shared from the GPA"
+            )
+        if self.vm is not None and self.vm not in ("tdx", "vmx"):
+            raise KvmcacheError(f"--vm must be tdx or vmx, not {self.vm!r}")
+        if self.as_tdx and self.vm == "vmx":
+            raise KvmcacheError("--as-tdx makes a tdx VM; it contradicts --vm vmx")
+        if self.root_level not in (4, 5):
+            raise KvmcacheError(f"--root-level must be 4 or 5, not {self.root_level}")
+        if self.pfn_map not in PFN_MAPS:
+            raise KvmcacheError(f"--pfn-map must be one of {', '.join(PFN_MAPS)}")
+        for name, value in (
+            ("--guest-memory", self.gfn_limit),
+            ("--host-memory", self.host_pfn_limit),
+        ):
+            if value is not None and value <= 0:
+                raise KvmcacheError(f"{name} must be at least one 4 KiB page")
+
+    @property
+    def vm_type(self) -> str:
+        """The VM type the options select (section "Private vs shared" of docs/import.md)."""
+        if self.vm is not None:
+            return self.vm
+        return "tdx" if (self.as_tdx or self.shared_bit is not None) else "vmx"
+
+
+@dataclass
+class ImportStats:
+    """What an import read and produced; the command prints it as the summary."""
+
+    sources: list[str] = field(default_factory=list)
+    producers: list[str] = field(default_factory=list)  # one per source
+    lines: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    event_lines: int = 0  # records that became an event
+    vcpu_lines: int = 0  # records used only to learn a thread's vCPU
+    no_event: dict[str, int] = field(default_factory=dict)  # mapped records that map to nothing
+    events: dict[str, int] = field(default_factory=dict)  # op name -> count
+    vcpu_map: dict[str, int] = field(default_factory=dict)
+    faults_from: str = "kvm_mmu_spte_requested"  # or "kvm_page_fault" (fallback)
+    lost_markers: int = 0
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def producer(self) -> str:
+        """The producer(s), in first-seen order, as one string."""
+        seen = list(dict.fromkeys(p for p in self.producers if p))
+        return ", ".join(seen) if seen else "unknown"
+
+    @property
+    def accounted(self) -> int:
+        """Lines accounted for by some category (equals ``lines`` after a finished import)."""
+        return (
+            self.event_lines
+            + self.vcpu_lines
+            + sum(self.no_event.values())
+            + sum(self.skipped.values())
+        )
+
+
+class Importer:
+    """Accumulate events from the records of one or more inputs; ``finish()`` builds the trace."""
+
+    def __init__(self, options: ImportOptions | None = None) -> None:
+        self.options = options or ImportOptions()
+        self.options.check()
+        self.stats = ImportStats(skipped={})
+        self._classes: dict[str | None, int] = {}
+        self._tindex: dict[str, int] = {}
+        self._t_label: list[str] = []
+        self._t_cur: list[int] = []
+        self._t_first: list[int] = []
+        self._cur: dict[str, str] = {}
+        self._learned: set[int] = set()
+        self._multi: set[int] = set()  # threads seen with more than one vCPU number
+        self._cols: tuple[list[int], ...] = tuple([] for _ in range(9))
+        self._blocks: list[tuple[np.ndarray, ...]] = []
+        self._seen_mmu = False
+        self._spte_req = 0
+        self._pf_with_vcpu = 0
+        self._pf_without_vcpu = 0
+        self._t0 = time.perf_counter()
+
+    # --- threads ------------------------------------------------------------------------
+
+    def _thread(self, key: str, comm: str | None, tid: str | None, cpu: str) -> int:
+        """The index of the thread ``key`` (a TID, or ``cpu<N>`` without one), created if new."""
+        t = self._tindex.get(key)
+        if t is None:
+            t = self._tindex[key] = len(self._t_label)
+            self._t_label.append(_label(comm, tid, cpu))
+            self._t_cur.append(-1)
+            self._t_first.append(-1)
+        elif comm and comm != "<...>" and self._t_label[t].startswith("<...>-"):
+            self._t_label[t] = _label(comm, tid, cpu)
+        return t
+
+    def _learn(self, key: str, vs: str, comm: str | None, tid: str | None, cpu: str) -> bool:
+        """Thread ``key`` now runs vCPU ``vs`` (as printed); False when it is out of range."""
+        v = int(vs)
+        if v >= MAX_VCPUS:
+            return False
+        t = self._thread(key, comm, tid, cpu)
+        self._cur[key] = vs
+        if self._t_cur[t] != v:
+            if self._t_first[t] < 0:
+                self._t_first[t] = v
+            else:
+                self._multi.add(t)
+            self._t_cur[t] = v
+            self._learned.add(v)
+        return True
+
+    def _classify(self, system: str | None, event: str | None) -> int:
+        c = self._classes.get(event)
+        if c is None:
+            if event is None:
+                c = C_UNKNOWN
+            elif event in _MAPPED:
+                c = _MAPPED[event]
+            elif (
+                system == "kvmmmu"
+                or event.startswith(("kvm_mmu_", "kvm_tdp_mmu_"))
+                or event in _MMU_NAMES
+            ):
+                c = C_MMU
+            elif system == "kvm" or event.startswith("kvm"):
+                c = C_KVM
+            else:
+                c = C_UNKNOWN
+            self._classes[event] = c
+        return c
+
+    # --- reading ------------------------------------------------------------------------
+
+    def feed(self, lines: Iterable[str], source: str = "<text>", fmt: str | None = None) -> None:
+        """Read one input's lines (``source`` names it in messages and in the sidecar;
+        ``fmt`` overrides the options' format for this input)."""
+        o = self.options
+        reader = LineReader(fmt or o.format, strict=o.strict, source=source)
+        src = len(self.stats.sources)
+        self.stats.sources.append(source)
+        ts_l, kind_l, gfn_l, pfn_l, level_l, vcpu_l, thread_l, src_l, line_l = self._cols
+        classify = self._classify
+        classes = self._classes
+        tindex = self._tindex
+        t_cur = self._t_cur
+        cur = self._cur  # thread key -> its current vCPU number as printed (fast compare)
+        skipped_unknown = skipped_stack = 0
+        vcpu_lines = event_lines = 0
+        no_event = self.stats.no_event
+        scale = _SCALE
+        is_stack = LineReader.is_stack
+        try:
+            for batch in reader.batches(lines):
+                for lineno, (comm, tid, cpu, _, sec, frac, system, event, vs, text) in batch:
+                    c = classes.get(event)
+                    if c is None:
+                        c = classify(system, event)
+                    if c <= C_MMU:
+                        # Not mapped: only a `vcpu N` text matters (vCPU attribution).
+                        if c == C_UNKNOWN:
+                            if is_stack(event, text):
+                                skipped_stack += 1
+                            else:
+                                skipped_unknown += 1
+                            continue
+                        if c == C_MMU:
+                            self._seen_mmu = True
+                        if vs is None:
+                            skipped_unknown += 1
+                            continue
+                        key = tid if tid is not None else "cpu" + cpu
+                        if cur.get(key) != vs:
+                            if not self._learn(key, vs, comm, tid, cpu):
+                                reader.unparseable(
+                                    lineno, f"{event} record: vcpu {vs} out of range"
+                                )
+                                continue
+                        vcpu_lines += 1
+                        continue
+                    # A mapped event: kvm_mmu_spte_requested, kvm_tdp_mmu_spte_changed,
+                    # kvm_mmu_split_huge_page or kvm_page_fault.
+                    if c != C_PF:
+                        self._seen_mmu = True
+                    try:
+                        ts = int(sec) * 1_000_000_000 + int(frac) * scale[len(frac)]
+                        f = text.split()
+                        if c == C_SPTE_REQ:
+                            # gfn %llx pfn %llx level %d
+                            if f[0] != "gfn" or f[2] != "pfn" or f[4] != "level":
+                                raise ValueError
+                            gfn = int(f[1], 16)
+                            pfn = int(f[3], 16)
+                            level = int(f[5])
+                            if level == LEVEL_2M:
+                                pfn &= ~0x1FF
+                            elif level == LEVEL_1G:
+                                pfn &= ~0x3FFFF
+                            elif level != LEVEL_4K:
+                                raise ValueError
+                            k = K_FAULT
+                            self._spte_req += 1
+                        elif c == C_SPTE_CHG:
+                            # as id %d gfn %llx level %d old_spte %llx new_spte %llx
+                            if (
+                                f[0] != "as"
+                                or f[3] != "gfn"
+                                or f[5] != "level"
+                                or f[7] != "old_spte"
+                                or f[9] != "new_spte"
+                            ):
+                                raise ValueError
+                            as_id = int(f[2])
+                            gfn = int(f[4], 16)
+                            level = int(f[6])
+                            old = int(f[8], 16)
+                            new = int(f[10], 16)
+                            if not (
+                                as_id == 0
+                                and LEVEL_4K <= level <= LEVEL_1G
+                                and old & _SPTE_PERM_MASK
+                                and (level == LEVEL_4K or old & _SPTE_PAGE_SIZE)
+                                and (new in NONPRESENT_SPTES or new in REMOVED_SPTES)
+                            ):
+                                no_event[event] = no_event.get(event, 0) + 1
+                                continue
+                            k = K_UNMAP
+                            pfn = 0
+                        elif c == C_SPLIT:
+                            # gfn %llx spte %llx level %d errno %d
+                            if (
+                                f[0] != "gfn"
+                                or f[2] != "spte"
+                                or f[4] != "level"
+                                or f[6] != "errno"
+                            ):
+                                raise ValueError
+                            gfn = int(f[1], 16)
+                            int(f[3], 16)
+                            level = int(f[5])
+                            errno = int(f[7])
+                            if errno != 0 or level != LEVEL_2M:
+                                no_event[event] = no_event.get(event, 0) + 1
+                                continue
+                            k = K_SPLIT
+                            pfn = 0
+                        else:
+                            # >= 6.1: vcpu %u rip 0x%lx address 0x%016llx error_code 0x%llx
+                            # <= 6.0: address %lx error_code %x
+                            i = 4 if vs is not None else 0
+                            if f[i] != "address":
+                                raise ValueError
+                            gfn = int(f[i + 1], 16) >> PAGE_SHIFT
+                            k = K_PF
+                            pfn = 0
+                            level = LEVEL_4K
+                        if (ts | gfn | pfn) >> 64:  # does not fit the u64 fields
+                            raise ValueError
+                    except (ValueError, IndexError):
+                        reader.unparseable(lineno, f"{event} record: {_excerpt(text)}")
+                        continue
+                    key = tid if tid is not None else "cpu" + cpu
+                    if c == C_PF:
+                        if vs is not None:
+                            if cur.get(key) != vs and not self._learn(key, vs, comm, tid, cpu):
+                                reader.unparseable(
+                                    lineno, f"{event} record: vcpu {vs} out of range"
+                                )
+                                continue
+                            self._pf_with_vcpu += 1
+                        else:
+                            self._pf_without_vcpu += 1
+                    t = tindex.get(key)
+                    if t is None:
+                        t = self._thread(key, comm, tid, cpu)
+                    ts_l.append(ts)
+                    kind_l.append(k)
+                    gfn_l.append(gfn)
+                    pfn_l.append(pfn)
+                    level_l.append(level)
+                    vcpu_l.append(t_cur[t])
+                    thread_l.append(t)
+                    src_l.append(src)
+                    line_l.append(lineno)
+                    if k != K_PF:
+                        event_lines += 1
+                if len(ts_l) >= BLOCK:
+                    self._flush_block()
+        finally:
+            st = self.stats
+            st.lines += reader.lines
+            for reason, n in reader.skipped.items():
+                st.skipped[reason] = st.skipped.get(reason, 0) + n
+            st.skipped[SKIP_UNKNOWN] = st.skipped.get(SKIP_UNKNOWN, 0) + skipped_unknown
+            st.skipped[SKIP_STACK] = st.skipped.get(SKIP_STACK, 0) + skipped_stack
+            st.vcpu_lines += vcpu_lines
+            st.event_lines += event_lines
+            st.lost_markers += reader.lost_markers
+            st.producers.append(reader.producer or "")
+
+    def _flush_block(self) -> None:
+        ts_l, kind_l, gfn_l, pfn_l, level_l, vcpu_l, thread_l, src_l, line_l = self._cols
+        if not ts_l:
+            return
+        self._blocks.append(
+            (
+                np.array(ts_l, dtype=np.uint64),
+                np.array(kind_l, dtype=np.uint8),
+                np.array(gfn_l, dtype=np.uint64),
+                np.array(pfn_l, dtype=np.uint64),
+                np.array(level_l, dtype=np.uint8),
+                np.array(vcpu_l, dtype=np.int64),
+                np.array(thread_l, dtype=np.int64),
+                np.array(src_l, dtype=np.int32),
+                np.array(line_l, dtype=np.int64),
+            )
+        )
+        for col in self._cols:
+            col.clear()
+
+    # --- building the trace -------------------------------------------------------------
+
+    def finish(self) -> tuple[TraceHeader, np.ndarray, ImportStats]:
+        """Apply the mapping rules to everything fed so far and build the trace."""
+        o = self.options
+        st = self.stats
+        self._flush_block()
+        if self._blocks:
+            cols = [np.concatenate(parts) for parts in zip(*self._blocks, strict=True)]
+        else:
+            cols = [
+                np.zeros(0, dtype=d)
+                for d in (
+                    np.uint64,
+                    np.uint8,
+                    np.uint64,
+                    np.uint64,
+                    np.uint8,
+                    np.int64,
+                    np.int64,
+                    np.int32,
+                    np.int64,
+                )
+            ]
+        ts, kind, gfn, pfn, level, vcpu, thread, src, line = cols
+
+        # 1. The fault source: kvm_mmu_spte_requested, or kvm_page_fault when the recording
+        #    holds no kvmmmu event at all.
+        fallback = not self._seen_mmu
+        if fallback:
+            st.faults_from = "kvm_page_fault"
+            st.event_lines += self._pf_with_vcpu + self._pf_without_vcpu
+            keep = kind == K_PF
+        else:
+            st.vcpu_lines += self._pf_with_vcpu
+            if self._pf_without_vcpu:
+                st.no_event["kvm_page_fault"] = (
+                    st.no_event.get("kvm_page_fault", 0) + self._pf_without_vcpu
+                )
+            keep = kind != K_PF
+            if self._spte_req == 0:
+                st.warnings.append(
+                    "the recording has kvmmmu events but no kvm_mmu_spte_requested: no faults "
+                    "imported (record -e kvmmmu, or only -e kvm to take faults from kvm_page_fault)"
+                )
+        if not keep.all():
+            ts, kind, gfn, pfn, level, vcpu, thread, src, line = (c[keep] for c in cols)
+        is_fault = (kind == K_FAULT) | (kind == K_PF)
+
+        # 2. vCPUs: the thread's vCPU at the time of the event; else the first one the thread
+        #    shows later; else the next free index, in order of the threads' first appearance.
+        t_first = np.array(self._t_first, dtype=np.int64)
+        unresolved = is_fault & (vcpu < 0)
+        assigned: dict[int, int] = {}
+        if unresolved.any():
+            resolve = t_first.copy()
+            used = set(self._learned)
+            free = 0
+            for t in np.unique(thread[unresolved]).tolist():
+                if resolve[t] < 0:
+                    while free in used:
+                        free += 1
+                    resolve[t] = assigned[t] = free
+                    used.add(free)
+            vcpu[unresolved] = resolve[thread[unresolved]]
+        vcpu[~is_fault] = 0
+        for t, label in enumerate(self._t_label):
+            v = self._t_first[t] if self._t_first[t] >= 0 else assigned.get(t)
+            if v is not None:
+                st.vcpu_map[label] = int(v)
+        if self._multi:
+            names = ", ".join(self._t_label[t] for t in sorted(self._multi)[:3])
+            st.warnings.append(
+                f"{len(self._multi)} thread(s) showed more than one vCPU number ({names}); "
+                "each event takes the thread's vCPU at its time, the sidecar map the first"
+            )
+        if len(vcpu) and int(vcpu.max(initial=0)) >= MAX_VCPUS:
+            raise KvmcacheError(f"more than {MAX_VCPUS} vCPUs: cannot number them")
+
+        # 3. Private vs shared.
+        flags = np.zeros(len(ts), dtype=np.uint16)
+        vm_type = o.vm_type
+        if o.shared_bit is not None:
+            bit = np.uint64(1 << (o.shared_bit - PAGE_SHIFT))
+            shared = (gfn & bit) != 0
+            gfn = gfn & ~bit
+            if vm_type == "tdx":
+                flags[~shared] = FLAG_PRIVATE
+        elif o.as_tdx and vm_type == "tdx":
+            flags[:] = FLAG_PRIVATE
+
+        # 4. Time order: stable, so records with equal timestamps keep their input order.
+        order = np.argsort(ts, kind="stable")
+        ts, kind, gfn, pfn, level, vcpu, thread, src, line, flags = (
+            c[order] for c in (ts, kind, gfn, pfn, level, vcpu, thread, src, line, flags)
+        )
+        is_fault = is_fault[order]
+
+        # 5. Guest size, then synthetic pfns for faults taken from kvm_page_fault.
+        span = np.left_shift(
+            np.uint64(1), (np.maximum(level, 1).astype(np.uint64) - 1) * np.uint64(9)
+        )
+        span[kind == K_SPLIT] = 512
+        if o.gfn_limit is not None:
+            gfn_limit = o.gfn_limit
+            self._check_limit(
+                gfn >= np.uint64(gfn_limit),
+                gfn,
+                src,
+                line,
+                kind,
+                f"is beyond --guest-memory (gfn_limit 0x{gfn_limit:x})",
+                "gfn",
+            )
+        else:
+            last = (gfn & ~(span - np.uint64(1))) + span - np.uint64(1) if len(gfn) else gfn
+            gfn_limit = _round_limit(int(last.max()) + 1 if len(last) else 0)
+        pf = kind == K_PF
+        if pf.any():
+            pfn[pf] = self._synthetic_pfns(gfn[pf], gfn_limit, src[pf], line[pf])
+        if o.host_pfn_limit is not None:
+            host_pfn_limit = o.host_pfn_limit
+            self._check_limit(
+                is_fault & (pfn >= np.uint64(host_pfn_limit)),
+                pfn,
+                src,
+                line,
+                kind,
+                f"is beyond --host-memory (host_pfn_limit 0x{host_pfn_limit:x})",
+                "pfn",
+            )
+        else:
+            fp = pfn[is_fault] + span[is_fault] - np.uint64(1)
+            host_pfn_limit = _round_limit(int(fp.max()) + 1 if len(fp) else 0)
+
+        events = np.zeros(len(ts), dtype=EVENT_DTYPE)
+        op = _KIND_OP[kind]
+        events["ts"] = ts
+        events["gfn"] = gfn
+        events["pfn"] = np.where(is_fault, pfn, np.uint64(0))
+        events["vcpu"] = vcpu.astype(np.uint32)
+        events["op"] = op
+        events["level"] = np.where(kind == K_SPLIT, LEVEL_2M, level)
+        events["flags"] = flags
+        counts = np.bincount(op, minlength=8)
+        st.events = {OP_NAMES[c]: int(counts[c]) for c in (OP_FAULT, OP_UNMAP, OP_SPLIT)}
+        header = TraceHeader(
+            vm_type=vm_type,
+            root_level=o.root_level,
+            gfn_limit=gfn_limit,
+            host_pfn_limit=host_pfn_limit,
+            count=len(events),
+        )
+        if st.lost_markers:
+            st.warnings.append(
+                f"the recording reports lost events on {st.lost_markers} occasion(s): "
+                "the trace is incomplete"
+            )
+        st.seconds = time.perf_counter() - self._t0
+        return header, events, st
+
+    def _synthetic_pfns(
+        self, gfn: np.ndarray, gfn_limit: int, src: np.ndarray, line: np.ndarray
+    ) -> np.ndarray:
+        """Host pfns for faults from kvm_page_fault, by --pfn-map (docs/import.md)."""
+        o = self.options
+        if o.pfn_map == "identity":
+            return gfn.copy()
+        if o.pfn_map == "hugepage":
+            region = gfn >> np.uint64(9)
+            uniq, first, inverse = np.unique(region, return_index=True, return_inverse=True)
+            rank = np.empty(len(uniq), dtype=np.uint64)
+            rank[np.argsort(first, kind="stable")] = np.arange(len(uniq), dtype=np.uint64)
+            host_region = rank[inverse.reshape(-1)]
+            if o.host_pfn_limit is not None and len(uniq) > o.host_pfn_limit // 512:
+                i = int(np.argmax(host_region >= np.uint64(o.host_pfn_limit // 512)))
+                raise KvmcacheError(
+                    f"{self.stats.sources[int(src[i])]}:{int(line[i])}: --pfn-map hugepage needs "
+                    f"more than the {o.host_pfn_limit // 512} host 2 MiB regions of --host-memory"
+                )
+            return (host_region << np.uint64(9)) | (gfn & np.uint64(511))
+        host = o.host_pfn_limit if o.host_pfn_limit is not None else RANDOM_HOST_FACTOR * gfn_limit
+        return splitmix64(gfn ^ np.uint64(RANDOM_SEED)) % np.uint64(host)
+
+    def _check_limit(self, bad, values, src, line, kind, problem: str, field_name: str) -> None:
+        if not bad.any():
+            return
+        idx = np.flatnonzero(bad)
+        first = idx[np.lexsort((line[idx], src[idx]))[0]]
+        what = OP_NAMES[int(_KIND_OP[kind[first]])]
+        raise KvmcacheError(
+            f"{self.stats.sources[int(src[first])]}:{int(line[first])}: {what} {field_name} "
+            f"0x{int(values[first]):x} {problem}"
+        )
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """The SplitMix64 finaliser over a uint64 array (wrapping arithmetic)."""
+    z = x + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _round_limit(n: int) -> int:
+    """``n`` rounded up to a multiple of 512, at least 512."""
+    return max(512, (n + 511) // 512 * 512)
+
+
+def _label(comm: str | None, tid: str | None, cpu: str) -> str:
+    if tid is None:
+        return f"<cpu {int(cpu)}>"
+    return f"{comm if comm else '<...>'}-{tid}"
+
+
+def _excerpt(s: str, n: int = 60) -> str:
+    return repr(s if len(s) <= n else s[:n] + "...")
+
+
+def import_text(
+    lines: Iterable[str], options: ImportOptions | None = None, source: str = "<text>"
+) -> tuple[TraceHeader, np.ndarray, ImportStats]:
+    """Import one recorded trace given as text lines: (header, EVENT_DTYPE array, stats)."""
+    imp = Importer(options)
+    imp.feed(lines, source)
+    return imp.finish()

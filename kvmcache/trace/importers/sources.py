@@ -1,0 +1,172 @@
+"""Opening recorded traces: plain or compressed text, standard input, and binary recordings
+(`trace.dat`, `perf.data`) rendered to text by `trace-cmd report` / `perf script`."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import BinaryIO
+
+import numpy as np
+
+from kvmcache.errors import KvmcacheError
+from kvmcache.trace.events import TraceHeader
+from kvmcache.trace.importers.mapping import Importer, ImportOptions, ImportStats
+
+TRACE_DAT_MAGIC = b"\x17\x08\x44tracing"
+PERF_DATA_MAGIC = b"PERFILE2"
+_GZIP_MAGIC = b"\x1f\x8b"
+_BZIP2_MAGIC = b"BZh"
+_XZ_MAGIC = b"\xfd7zXZ\x00"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, lzma.LZMAError)
+
+#: binary magic -> (producer, command line before the file, what to install)
+TOOLS: dict[bytes, tuple[str, tuple[str, ...], str]] = {
+    TRACE_DAT_MAGIC: ("trace-cmd", ("trace-cmd", "report", "-i"), "trace-cmd"),
+    PERF_DATA_MAGIC: ("perf-script", ("perf", "script", "-i"), "perf (linux-tools / linux-perf)"),
+}
+
+
+def _decompressor(raw: BinaryIO, name: str) -> BinaryIO:
+    """``raw`` itself, or a decompressing reader chosen by the stream's magic bytes."""
+    head = _peek(raw, 6)
+    if head.startswith(_GZIP_MAGIC):
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    if head.startswith(_BZIP2_MAGIC):
+        return bz2.BZ2File(raw, mode="rb")  # type: ignore[return-value]
+    if head.startswith(_XZ_MAGIC):
+        return lzma.LZMAFile(raw, mode="rb")  # type: ignore[return-value]
+    if head.startswith(_ZSTD_MAGIC):
+        try:
+            import zstandard
+        except ImportError:
+            raise KvmcacheError(
+                f"{name}: zstd-compressed input needs the Python module 'zstandard' "
+                "(pip install zstandard), or decompress it first (zstd -d)"
+            ) from None
+        global _DECOMPRESS_ERRORS
+        if zstandard.ZstdError not in _DECOMPRESS_ERRORS:
+            _DECOMPRESS_ERRORS = (*_DECOMPRESS_ERRORS, zstandard.ZstdError)
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        return io.BufferedReader(reader)  # type: ignore[arg-type]
+    return raw
+
+
+def _peek(stream: BinaryIO, n: int) -> bytes:
+    return bytes(stream.peek(n)[:n])  # type: ignore[attr-defined]
+
+
+class _ToolLines:
+    """The text lines a converter program prints; the exit status is checked at the end."""
+
+    def __init__(self, argv: list[str], name: str) -> None:
+        self.argv = argv
+        self.name = name
+
+    def __iter__(self) -> Iterator[str]:
+        with tempfile.TemporaryFile() as err:
+            try:
+                proc = subprocess.Popen(
+                    self.argv,
+                    stdout=subprocess.PIPE,
+                    stderr=err,
+                    stdin=subprocess.DEVNULL,
+                    text=True,
+                    encoding="utf-8",
+                    errors="replace",
+                )
+            except OSError as e:
+                raise KvmcacheError(f"{self.name}: cannot run {self.argv[0]}: {e}") from None
+            assert proc.stdout is not None
+            try:
+                yield from proc.stdout
+            finally:
+                if proc.poll() is None:
+                    proc.stdout.close()
+                    proc.terminate()
+                proc.wait()
+            if proc.returncode != 0:
+                err.seek(0)
+                tail = err.read().decode("utf-8", "replace").strip().splitlines()
+                why = tail[-1] if tail else "no message"
+                cmd = " ".join([os.path.basename(self.argv[0]), *self.argv[1:-1]])
+                raise KvmcacheError(
+                    f"{self.name}: `{cmd} {self.name}` failed (exit {proc.returncode}): {why}"
+                )
+
+
+@contextmanager
+def open_lines(path: str) -> Iterator[tuple[Iterable[str], str | None]]:
+    """(lines, producer or None) of one input: a text file (maybe compressed), ``-`` for
+    standard input, or a binary `trace.dat` / `perf.data` rendered by its own tool."""
+    name = "<stdin>" if path == "-" else path
+    with ExitStack() as stack:
+        if path == "-":
+            raw: BinaryIO = sys.stdin.buffer
+            if not hasattr(raw, "peek"):  # e.g. a BytesIO standing in for stdin
+                raw = io.BufferedReader(raw)  # type: ignore[arg-type]
+        else:
+            if os.path.isdir(path):
+                raise KvmcacheError(f"{path}: is a directory, not a trace")
+            try:
+                raw = stack.enter_context(open(path, "rb"))
+            except FileNotFoundError:
+                raise KvmcacheError(f"{path}: no such file") from None
+            except OSError as e:
+                raise KvmcacheError(f"{path}: cannot read: {e.strerror or e}") from None
+        stream = _decompressor(raw, name)
+        if stream is not raw:
+            stack.enter_context(stream)
+        try:
+            head = _peek(stream, 10)
+        except _DECOMPRESS_ERRORS as e:
+            raise KvmcacheError(f"{name}: cannot decompress: {e}") from None
+        for magic, (producer, cmd, package) in TOOLS.items():
+            if head.startswith(magic):
+                exe = shutil.which(cmd[0])
+                if exe is None:
+                    raise KvmcacheError(
+                        f"{name}: is a binary {producer} recording; reading it runs "
+                        f"`{' '.join(cmd)} FILE`, but {cmd[0]} is not on PATH: install {package}, "
+                        f"or convert it to text elsewhere (`{' '.join(cmd)} {name} > trace.txt`)"
+                    )
+                if stream is raw and path != "-":
+                    file = path
+                else:  # compressed or piped: the tool needs a real file
+                    spool = stack.enter_context(
+                        tempfile.NamedTemporaryFile(prefix="kvmcache-import-", suffix=".dat")
+                    )
+                    shutil.copyfileobj(stream, spool)
+                    spool.flush()
+                    file = spool.name
+                yield _ToolLines([exe, *cmd[1:], file], name), producer
+                return
+        text = io.TextIOWrapper(stream, encoding="utf-8", errors="replace")
+        try:
+            yield text, None
+        except _DECOMPRESS_ERRORS as e:
+            raise KvmcacheError(f"{name}: cannot read: {e}") from None
+        finally:
+            text.detach()
+
+
+def import_paths(
+    paths: Sequence[str], options: ImportOptions | None = None
+) -> tuple[TraceHeader, np.ndarray, ImportStats]:
+    """Import recorded traces from files (or ``-``): one trace, events sorted by time."""
+    options = options or ImportOptions()
+    imp = Importer(options)
+    for path in paths:
+        with open_lines(path) as (lines, producer):
+            imp.feed(lines, "<stdin>" if path == "-" else path, fmt=producer)
+    return imp.finish()
