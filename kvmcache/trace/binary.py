@@ -65,11 +65,9 @@ def parse_header(raw: bytes, path: str) -> tuple[TraceHeader, int, int]:
     if len(raw) < 8 or not is_binary(raw):
         raise KvmcacheError(f"{path}: not a kvmcache binary trace (bad magic)")
     if len(raw) < HEADER_SIZE:
-        raise KvmcacheError(
-            f"{path}: truncated header ({len(raw)} of {HEADER_SIZE} bytes)"
-        )
-    (_, major, minor, hsize, rsize, vmt, root, flags, count, gfn_limit, pfn_limit) = (
-        _HEADER.unpack(raw[:HEADER_SIZE])
+        raise KvmcacheError(f"{path}: truncated header ({len(raw)} of {HEADER_SIZE} bytes)")
+    (_, major, minor, hsize, rsize, vmt, root, flags, count, gfn_limit, pfn_limit) = _HEADER.unpack(
+        raw[:HEADER_SIZE]
     )
     if major > MAJOR:
         raise KvmcacheError(
@@ -79,9 +77,7 @@ def parse_header(raw: bytes, path: str) -> tuple[TraceHeader, int, int]:
     if major < 1:
         raise KvmcacheError(f"{path}: unknown trace format version {major}.{minor}")
     if hsize < HEADER_SIZE or rsize < RECORD_SIZE:
-        raise KvmcacheError(
-            f"{path}: invalid header (header size {hsize}, record size {rsize})"
-        )
+        raise KvmcacheError(f"{path}: invalid header (header size {hsize}, record size {rsize})")
     if vmt >= len(VM_TYPES):
         raise KvmcacheError(f"{path}: invalid header: unknown vm type code {vmt}")
     if root not in (4, 5):
