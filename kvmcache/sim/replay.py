@@ -95,7 +95,8 @@ class _Run:
         )
         start = 0
         while True:
-            status, idx = K.run_chunk(self.s, *cols, start)
+            st = self.s
+            status, idx = K.run_chunk(st.m, st.lf, st.u, *cols, start)
             start = int(idx)
             if status == K.ST_OK:
                 break
@@ -112,14 +113,12 @@ class _Run:
         self.elapsed += time.perf_counter() - t0
 
     def _flush_samples(self) -> None:
-        n = int(self.s.G[self.K.G_NSAMPLES])
-        if n:
-            self.samples.append(self.s.samples[:n].copy())
-            self.s.G[self.K.G_NSAMPLES] = 0
+        if int(self.s.m[self.K.G_NSAMPLES]):
+            self.samples.append(self.state_mod.samples(self.s))
 
     def _error_message(self, chunk: np.ndarray, i: int, base: int) -> str:
         K = self.K
-        code = int(self.s.G[K.G_ERR])
+        code = int(self.s.m[K.G_ERR])
         where = f"{self.header.path or 'trace'}: event {base + i}"
         if code == K.E_PRIVATE_VMX:
             return f"{where}: private fault on a vmx trace"
@@ -135,7 +134,7 @@ class _Run:
             return (
                 f"{where}: the kernel allocation region is exhausted "
                 f"(kernel_pages={self.params['kernel_pages']} from pfn "
-                f"{int(self.s.P[K.P_KBASE]):#x}); raise kernel_pages"
+                f"{int(self.s.m[K.P_KBASE]):#x}); raise kernel_pages"
             )
         raise KvmcacheError(f"{where}: replay kernel failed (code {code})", EXIT_INTERNAL)
 
@@ -144,18 +143,18 @@ class _Run:
         t0 = time.perf_counter()
         if self.sample_every:
             self._flush_samples()
-            K.final_sample(self.s)
+            K.final_sample(self.s.m, self.s.u)
             self._flush_samples()
-        err = K.finish(self.s, bool(self.params["teardown"]))
+        err = K.finish(self.s.m, self.s.lf, bool(self.params["teardown"]))
         self.elapsed += time.perf_counter() - t0
         if err:
             raise KvmcacheError(
                 f"{self.header.path or 'trace'}: teardown: the kernel allocation region is "
                 "exhausted; raise kernel_pages"
             )
-        C = self.s.C
+        C = self.s.m[K.CB : K.CB + len(COUNTERS)]
         counters = {name: int(C[i]) for i, name in enumerate(COUNTERS)}
-        U = self.s.U
+        U = self.s.u
         counters["cache_idle_page_ns"] = (int(U[K.U_NS_HI]) << 64) | int(U[K.U_NS_LO])
         timeline = np.concatenate(self.samples) if self.samples else None
         notes = []
@@ -167,7 +166,7 @@ class _Run:
             params=dict(self.params),
             header=self.header,
             counters=counters,
-            histograms={"fault_pages": [int(x) for x in self.s.H]},
+            histograms={"fault_pages": [int(x) for x in self.s.m[K.HB : K.HB + 17]]},
             elapsed=self.elapsed,
             timeline=timeline,
             notes=notes,
@@ -177,7 +176,7 @@ class _Run:
 def _check_layout() -> None:
     from kvmcache.sim import kernel
 
-    want = N_COUNTERS * 1000 + kernel.N_P * 10 + kernel.N_G % 10
+    want = N_COUNTERS * 1000 + kernel.CB * 10 + kernel.HB % 10
     if kernel.layout_check() != want:
         raise KvmcacheError(
             "the numba cache of kvmcache/sim/kernel.py is stale; delete kvmcache/sim/__pycache__",

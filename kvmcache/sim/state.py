@@ -1,4 +1,7 @@
-"""Allocation and sizing of the model's state arrays from the trace header and parameters.
+"""Allocation and sizing of the model's state from the trace header and parameters.
+
+The kernel sees three arrays (see ``kernel.py``): ``m`` (int64: fixed slots, then the
+regions listed in :data:`REGIONS`), ``lf`` (uint32 leaves) and ``u`` (uint64).
 
 Memory (documented in docs/model.md): per guest 4 KiB page 8 bytes of leaf state (two
 roots x uint32) plus about 1/64 byte for 2 MiB / 1 GiB leaves and tables; per 2 MiB host
@@ -10,6 +13,7 @@ stacks; the host free stack grows with the pages the model ever allocated. Array
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,6 +26,33 @@ from kvmcache.trace.events import TraceHeader
 MAX_STATE_BYTES = 64 << 30
 INITIAL_VCPUS = 8
 INITIAL_FSTACK = 1 << 16
+
+#: Variable regions of m, in layout order, with their offset slot; per-vCPU regions
+#: are rows of a per-vCPU stride.
+REGIONS = (
+    ("vlive", K.O_VLIVE),
+    ("vcnt", K.O_VCNT),
+    ("spt", K.O_SPT),
+    ("sept", K.O_SEPT),
+    ("pamt", K.O_PAMT),
+    ("vctrl", K.O_VCTRL),
+    ("tdctrl", K.O_TDCTRL),
+    ("refc", K.O_REFC),
+    ("pair", K.O_PAIR),
+    ("cached", K.O_CACHED),
+    ("tspt", K.O_TSPT),
+    ("tsept", K.O_TSEPT),
+    ("samples", K.O_SAMPLES),
+    ("fstack", K.O_FSTACK),
+)
+
+
+class State(NamedTuple):
+    """The three arrays the kernel works on."""
+
+    m: np.ndarray
+    lf: np.ndarray
+    u: np.ndarray
 
 
 def _align_up(x: int, a: int) -> int:
@@ -60,6 +91,51 @@ def grow_margin(params: Mapping[str, int | bool], root_level: int, pamt_target: 
     return 2 * (3 * ctrl + (root_level + 3) * per_topup + 64)
 
 
+def _sizes(m: np.ndarray) -> dict[str, int]:
+    """Region sizes implied by the fixed slots of m."""
+    nv = int(m[K.P_NVCPU])
+    nr = int(m[K.Z_NRANGES])
+    nt = int(m[K.Z_NTABLES])
+    return {
+        "vlive": nv,
+        "vcnt": 5 * nv,
+        "spt": nv * int(m[K.Z_SPT]),
+        "sept": nv * int(m[K.Z_SEPT]),
+        "pamt": nv * int(m[K.Z_PAMT]),
+        "vctrl": nv * int(m[K.Z_VCTRL]),
+        "tdctrl": max(1, int(m[K.P_TDR] + m[K.P_TDCS])),
+        "refc": nr,
+        "pair": 2 * nr,
+        "cached": nr,
+        "tspt": 2 * nt,
+        "tsept": nt,
+        "samples": max(1, int(m[K.P_NSAMPLES])) * K.N_T,
+        "fstack": int(m[K.P_FSTACK]),
+    }
+
+
+def _layout(fixed: np.ndarray, old: np.ndarray | None = None) -> np.ndarray:
+    """A new m with the fixed slots of ``fixed`` and regions laid out after them.
+
+    With ``old``, each region's old contents are copied to the start of its new place
+    (per-vCPU regions keep their row strides, so old rows stay valid).
+    """
+    sizes = _sizes(fixed)
+    total = K.FIXED + sum(sizes.values())
+    m = np.zeros(total, dtype=np.int64)
+    m[: K.FIXED] = fixed[: K.FIXED]
+    off = K.FIXED
+    for name, slot in REGIONS:
+        m[slot] = off
+        if old is not None:
+            old_sizes = _sizes(old)
+            src = int(old[slot])
+            n = min(old_sizes[name], sizes[name])
+            m[off : off + n] = old[src : src + n]
+        off += sizes[name]
+    return m
+
+
 def build(
     header: TraceHeader,
     params: Mapping[str, int | bool],
@@ -67,40 +143,29 @@ def build(
     *,
     sample_every: int = 0,
     nsamples: int = 0,
-) -> K.State:
+) -> State:
     """A fresh model state for one strategy on one trace."""
     eff = effective_strategy(header, alloc)
     strat = STRATEGIES.index(eff)
     tdx = header.is_tdx
+    dpamt = tdx and eff != "none"
     L = header.root_level
     cap = int(params["capacity"])
     pairs = int(params["pamt_pairs"])
     target = 2 * pairs + (int(params["prealloc_sept"]) if eff == "dpamt-prealloc" else 0)
+    if not dpamt:
+        target = 0
     kbase = kernel_base(header, params)
     kpages = int(params["kernel_pages"])
     nranges = -(-max(header.host_pfn_limit, kbase + kpages) // 512)
     tables = table_counts(header)
-    toff = np.zeros(8, dtype=np.int64)
-    for k in range(1, L):
-        toff[k + 1] = toff[k] + tables[k]
-    for k in range(L + 1, 8):
-        toff[k] = toff[L]
-    ntables = int(toff[L])
-    n1 = tables[1] * 512
-    n2 = tables[2] * 512
-    n3 = tables[3] * 512
+    n1, n2, n3 = tables[1] * 512, tables[2] * 512, tables[3] * 512
+    ntables = sum(tables[1:L])
     margin = grow_margin(params, L, target)
     fstack = min(INITIAL_FSTACK, kpages) + 2 * margin
+    ctrl = int(params["tdvpr_pages"]) + int(params["tdcx_pages"])
 
-    need = (
-        2 * n1 * 4
-        + 2 * n2 * 4
-        + 2 * n3
-        + ntables * 24
-        + nranges * 32
-        + fstack * 8
-        + nsamples * K.N_T * 8
-    )
+    need = 2 * (n1 + n2 + n3) * 4 + ntables * 24 + nranges * 32 + fstack * 8 + nsamples * 64
     if need > MAX_STATE_BYTES:
         raise KvmcacheError(
             f"the model state for this trace would need {need / 2**30:.1f} GiB "
@@ -108,94 +173,79 @@ def build(
             "lower gfn_limit/host_pfn_limit or kernel_pages"
         )
     if nranges >= 2**32 - 1:
-        raise KvmcacheError(
-            "host memory plus the kernel region exceeds 2^41 pfns, beyond the model"
-        )
+        raise KvmcacheError("host memory plus the kernel region exceeds 2^41 pfns")
 
-    P = np.zeros(K.N_P, dtype=np.int64)
-    P[K.P_CAPACITY] = cap
-    P[K.P_MIN_DESC] = params["min_desc"]
-    P[K.P_MIN_SEPT] = params["min_sept"]
-    P[K.P_MIN_SPT] = params["min_spt"]
-    P[K.P_MIN_HEADER] = params["min_header"]
-    P[K.P_PAMT_PAIRS] = pairs
-    P[K.P_PREALLOC_SEPT] = params["prealloc_sept"]
-    P[K.P_TDR] = params["tdr_pages"]
-    P[K.P_TDCS] = params["tdcs_pages"]
-    P[K.P_TDVPR] = params["tdvpr_pages"]
-    P[K.P_TDCX] = params["tdcx_pages"]
-    P[K.P_SPREAD] = params["spread"]
-    P[K.P_KBASE] = kbase
-    P[K.P_KPAGES] = kpages
-    P[K.P_STRAT] = strat
-    P[K.P_TDX] = 1 if tdx else 0
-    P[K.P_ROOT_LEVEL] = L
-    P[K.P_PAMT_TARGET] = target if (tdx and eff != "none") else 0
-    P[K.P_DPAMT] = 1 if (tdx and eff != "none") else 0
-    P[K.P_NVCPU] = INITIAL_VCPUS
-    P[K.P_FSTACK] = fstack
-    P[K.P_GROW_MARGIN] = margin
-    P[K.P_SAMPLE_EVERY] = sample_every
-    P[K.P_NSAMPLES] = nsamples
-
-    nv = INITIAL_VCPUS
-    ctrl = int(params["tdvpr_pages"]) + int(params["tdcx_pages"])
-    return K.State(
-        P=P,
-        G=np.zeros(K.N_G, dtype=np.int64),
-        U=np.zeros(K.N_U, dtype=np.uint64),
-        C=np.zeros(K.N_COUNTERS, dtype=np.int64),
-        H=np.zeros(17, dtype=np.int64),
-        vlive=np.zeros(nv, dtype=np.uint8),
-        vcnt=np.zeros((nv, 5), dtype=np.int64),
-        spt=np.zeros((nv, max(cap, 1)), dtype=np.int64),
-        sept=np.zeros((nv, 3 * max(cap, 1)), dtype=np.int64),
-        pamt=np.zeros((nv, max(int(P[K.P_PAMT_TARGET]), 1)), dtype=np.int64),
-        vctrl=np.zeros((nv, max(ctrl, 1)), dtype=np.int64),
-        tdctrl=np.zeros(
-            max(int(params["tdr_pages"]) + int(params["tdcs_pages"]), 1), dtype=np.int64
-        ),
-        fstack=np.zeros(fstack, dtype=np.int64),
-        refc=np.zeros(nranges, dtype=np.int64),
-        pair=np.zeros((nranges, 2), dtype=np.int64),
-        cached=np.zeros(nranges, dtype=np.int64),
-        toff=toff,
-        tspt=np.zeros((2, max(ntables, 1)), dtype=np.int64),
-        tsept=np.zeros(max(ntables, 1), dtype=np.int64),
-        leaf1=np.zeros((2, n1), dtype=np.uint32),
-        leaf2=np.zeros((2, n2), dtype=np.uint32),
-        leaf3=np.zeros((2, n3), dtype=np.uint8),
-        samples=np.zeros((max(nsamples, 1), K.N_T), dtype=np.int64),
-    )
+    fixed = np.zeros(K.FIXED, dtype=np.int64)
+    for slot, name in (
+        (K.P_MIN_DESC, "min_desc"),
+        (K.P_MIN_SEPT, "min_sept"),
+        (K.P_MIN_SPT, "min_spt"),
+        (K.P_MIN_HEADER, "min_header"),
+        (K.P_PREALLOC_SEPT, "prealloc_sept"),
+        (K.P_TDR, "tdr_pages"),
+        (K.P_TDCS, "tdcs_pages"),
+        (K.P_TDVPR, "tdvpr_pages"),
+        (K.P_TDCX, "tdcx_pages"),
+        (K.P_SPREAD, "spread"),
+    ):
+        fixed[slot] = int(params[name])
+    fixed[K.P_CAPACITY] = cap
+    fixed[K.P_PAMT_PAIRS] = pairs
+    fixed[K.P_KBASE] = kbase
+    fixed[K.P_KPAGES] = kpages
+    fixed[K.P_STRAT] = strat
+    fixed[K.P_TDX] = 1 if tdx else 0
+    fixed[K.P_ROOT_LEVEL] = L
+    fixed[K.P_PAMT_TARGET] = target
+    fixed[K.P_DPAMT] = 1 if dpamt else 0
+    fixed[K.P_NVCPU] = INITIAL_VCPUS
+    fixed[K.P_FSTACK] = fstack
+    fixed[K.P_GROW_MARGIN] = margin
+    fixed[K.P_SAMPLE_EVERY] = sample_every
+    fixed[K.P_NSAMPLES] = nsamples
+    fixed[K.Z_SPT] = max(cap, 1)
+    fixed[K.Z_SEPT] = 3 * max(cap, 1)
+    fixed[K.Z_PAMT] = max(target, 1)
+    fixed[K.Z_VCTRL] = max(ctrl, 1)
+    fixed[K.Z_NTABLES] = ntables
+    fixed[K.Z_N1] = n1
+    fixed[K.Z_N2] = n2
+    fixed[K.Z_N3] = n3
+    fixed[K.Z_NRANGES] = nranges
+    off = 0
+    for k in range(1, 8):
+        fixed[K.TOFF + k] = off
+        if k < L:
+            off += tables[k]
+    m = _layout(fixed)
+    lf = np.zeros(2 * (n1 + n2 + n3), dtype=np.uint32)
+    u = np.zeros(K.N_U, dtype=np.uint64)
+    return State(m, lf, u)
 
 
-def _grow_rows(a: np.ndarray, rows: int) -> np.ndarray:
-    out = np.zeros((rows,) + a.shape[1:], dtype=a.dtype)
-    out[: a.shape[0]] = a
-    return out
-
-
-def grow_vcpus(s: K.State, need: int) -> K.State:
-    """A state whose per-vCPU arrays hold at least ``need`` vCPUs (doubling)."""
-    nv = int(s.P[K.P_NVCPU])
+def grow_vcpus(s: State, need: int) -> State:
+    """A state whose per-vCPU regions hold at least ``need`` vCPUs (doubling)."""
+    nv = int(s.m[K.P_NVCPU])
     while nv < need:
         nv *= 2
-    nv = min(nv, 65536)
-    s.P[K.P_NVCPU] = nv
-    return s._replace(
-        vlive=_grow_rows(s.vlive, nv),
-        vcnt=_grow_rows(s.vcnt, nv),
-        spt=_grow_rows(s.spt, nv),
-        sept=_grow_rows(s.sept, nv),
-        pamt=_grow_rows(s.pamt, nv),
-        vctrl=_grow_rows(s.vctrl, nv),
-    )
+    fixed = s.m[: K.FIXED].copy()
+    fixed[K.P_NVCPU] = min(nv, 65536)
+    return State(_layout(fixed, s.m), s.lf, s.u)
 
 
-def grow_fstack(s: K.State) -> K.State:
+def grow_fstack(s: State) -> State:
     """A state whose host free stack has head-room for the next event."""
-    cur = int(s.P[K.P_FSTACK])
-    need = int(s.G[K.G_K]) + 2 * int(s.P[K.P_GROW_MARGIN])
-    size = max(2 * cur, need)
-    s.P[K.P_FSTACK] = size
-    return s._replace(fstack=_grow_rows(s.fstack, size))
+    cur = int(s.m[K.P_FSTACK])
+    need = int(s.m[K.G_K]) + 2 * int(s.m[K.P_GROW_MARGIN])
+    fixed = s.m[: K.FIXED].copy()
+    fixed[K.P_FSTACK] = max(2 * cur, need)
+    return State(_layout(fixed, s.m), s.lf, s.u)
+
+
+def samples(s: State) -> np.ndarray:
+    """The timeline rows taken since the last flush (a copy); resets the row count."""
+    n = int(s.m[K.G_NSAMPLES])
+    base = int(s.m[K.O_SAMPLES])
+    out = s.m[base : base + n * K.N_T].reshape(n, K.N_T).copy()
+    s.m[K.G_NSAMPLES] = 0
+    return out
