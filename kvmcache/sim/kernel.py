@@ -93,38 +93,45 @@ G_ERR_INDEX = 51
 G_ERR_ARG = 52
 G_EVENTS = 53  # events processed so far
 G_NSAMPLES = 54  # timeline samples written since the last flush
+G_NSLOTS = 55  # table slots in use
+G_NVSLOTS = 56  # vCPU slots in use
 # Region offsets (O_*) and sizes (Z_*):
-O_VLIVE = 64
+O_VLIVE = 64  # per vCPU slot
 O_VCNT = 65
 O_SPT = 66
 O_SEPT = 67
 O_PAMT = 68
 O_VCTRL = 69
 O_TDCTRL = 70
-O_REFC = 71
+O_REFC = 71  # per 2 MiB host range
 O_PAIR = 72
 O_CACHED = 73
-O_TSPT = 74  # mirror tables, then direct tables (Z_NTABLES each)
-O_TSEPT = 75
-O_SAMPLES = 76
-O_FSTACK = 77
-Z_SPT = 78  # per-vCPU row strides
-Z_SEPT = 79
-Z_PAMT = 80
-Z_VCTRL = 81
-Z_NTABLES = 82
-Z_N1 = 83  # leaf ids per root at levels 1, 2, 3
-Z_N2 = 84
-Z_N3 = 85
+O_HKEY = 74  # table hash: key + 1 (0 = empty) -> slot
+O_HVAL = 75
+O_SKEY = 76  # per table slot: its key, spt pfn + 1, S-EPT pfn + 1
+O_SSPT = 77
+O_SSEPT = 78
+O_SAMPLES = 79
+O_FSTACK = 80
+O_VMAP = 81  # vCPU index -> slot + 1
+Z_SPT = 82  # per-vCPU row strides
+Z_SEPT = 83
+Z_PAMT = 84
+Z_VCTRL = 85
 Z_NRANGES = 86
-TOFF = 88  # .. 95: first index of the level-k tables inside a root's tables
+Z_HCAP = 87  # hash capacity (a power of two)
+Z_HSHIFT = 88  # 64 - log2(Z_HCAP)
+Z_SLOTS = 89  # table slot capacity; leaves of slot s are lf[512 s .. 512 s + 511]
 # Counters and the histogram:
 CB = 128
 HB = 256
 FIXED = 288  # first index of the variable regions
 
 N_P = 24
-N_G = 23
+N_G = 25
+MAX_VCPUS = 65536
+HMUL = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64 (Fibonacci hashing)
+SLOT_MARGIN = 16  # table slots one event can create, at most (L - 1 links or a split)
 
 # Unsigned scalars in u.
 U_LAST_TS = 0
@@ -137,6 +144,7 @@ ST_OK = 0
 ST_GROW_VCPUS = 1
 ST_GROW_FSTACK = 2
 ST_SAMPLES_FULL = 3
+ST_GROW_TABLES = 4
 ST_ERROR = 9
 
 # Error codes (m[G_ERR]).
@@ -147,6 +155,7 @@ E_VM_EXISTS = 3
 E_AFTER_DESTROY = 4
 E_KERNEL_PAGES = 5
 E_BAD_OP = 6
+E_BAD_VCPU = 7
 
 # Timeline sample columns.
 T_INDEX = 0
@@ -539,33 +548,81 @@ def _consume_spt(m, v):
 
 
 # ---------------------------------------------------------------------------------------
-# The TDP MMU tree (section 1).
+# The TDP MMU tree (section 1): tables in a hash of slots, leaves in 512-entry blocks.
 
 
 @njit(cache=True, nogil=True)
-def _tidx(m, root, k, idx):
-    """Index in m of table (root, level k, idx): its spt pfn + 1, 0 when absent."""
-    return m[O_TSPT] + root * m[Z_NTABLES] + m[TOFF + k] + idx
+def _tkey(root, k, idx):
+    return ((idx << 4) | (k << 1) | root) + 1
+
+
+@njit(cache=True, nogil=True)
+def _hpos(m, key):
+    """Hash position holding ``key``, or the empty position where it would go."""
+    mask = m[Z_HCAP] - 1
+    h = ((key * HMUL) >> m[Z_HSHIFT]) & mask
+    base = m[O_HKEY]
+    while True:
+        kk = m[base + h]
+        if kk == 0 or kk == key:
+            return h
+        h = (h + 1) & mask
+
+
+@njit(cache=True, nogil=True)
+def _tfind(m, root, k, idx):
+    """Slot of table (root, level k, idx), or -1 if it never existed."""
+    h = _hpos(m, _tkey(root, k, idx))
+    if m[m[O_HKEY] + h] == 0:
+        return -1
+    return m[m[O_HVAL] + h]
+
+
+@njit(cache=True, nogil=True)
+def _tslot(m, root, k, idx):
+    """Slot of table (root, level k, idx), made on first use (present once its spt is set)."""
+    key = _tkey(root, k, idx)
+    h = _hpos(m, key)
+    if m[m[O_HKEY] + h] != 0:
+        return m[m[O_HVAL] + h]
+    slot = m[G_NSLOTS]
+    m[G_NSLOTS] = slot + 1
+    m[m[O_HKEY] + h] = key
+    m[m[O_HVAL] + h] = slot
+    m[m[O_SKEY] + slot] = key
+    return slot
+
+
+@njit(cache=True, nogil=True)
+def _slot_present(m, slot):
+    return slot >= 0 and m[m[O_SSPT] + slot] != 0
 
 
 @njit(cache=True, nogil=True)
 def _table_present(m, root, k, idx):
-    return m[_tidx(m, root, k, idx)] != 0
+    return _slot_present(m, _tfind(m, root, k, idx))
 
 
 @njit(cache=True, nogil=True)
-def _l1(m, root, gfn):
-    return root * m[Z_N1] + gfn
+def _leaf(m, root, g, gfn):
+    """Index in lf of the level-g leaf entry covering gfn, or -1 (no table there)."""
+    slot = _tfind(m, root, g, gfn >> (9 * g))
+    if slot < 0:
+        return -1
+    return 512 * slot + ((gfn >> (9 * (g - 1))) & 511)
 
 
 @njit(cache=True, nogil=True)
-def _l2(m, root, id2):
-    return 2 * m[Z_N1] + root * m[Z_N2] + id2
-
-
-@njit(cache=True, nogil=True)
-def _l3(m, root, id3):
-    return 2 * m[Z_N1] + 2 * m[Z_N2] + root * m[Z_N3] + id3
+def rehash(m):
+    """Rebuild the table hash from the slot keys (after the driver enlarged it)."""
+    base = m[O_HKEY]
+    for h in range(m[Z_HCAP]):
+        m[base + h] = 0
+    for slot in range(m[G_NSLOTS]):
+        key = m[m[O_SKEY] + slot]
+        h = _hpos(m, key)
+        m[base + h] = key
+        m[m[O_HVAL] + h] = slot
 
 
 @njit(cache=True, nogil=True)
@@ -641,52 +698,61 @@ def _link(m, v, root, k, idx):
                 else:
                     m[ri] = 1
                     _install(m, r, q0, q1)
-        m[m[O_TSEPT] + m[TOFF + k] + idx] = sept_p + 1
+        slot = _tslot(m, root, k, idx)
+        m[m[O_SSEPT] + slot] = sept_p + 1
         m[C_LINKED_MIRROR] += 1
     else:
+        slot = _tslot(m, root, k, idx)
         m[C_LINKED_DIRECT] += 1
-    m[_tidx(m, root, k, idx)] = spt_p + 1
+    m[m[O_SSPT] + slot] = spt_p + 1
 
 
 @njit(cache=True, nogil=True)
-def _free_table(m, root, k, idx):
+def _free_table(m, slot, root):
     """Free one table (collapse or teardown): put and free its S-EPT page, free its spt."""
-    ti = _tidx(m, root, k, idx)
     if root == MIRROR:
-        si = m[O_TSEPT] + m[TOFF + k] + idx
+        si = m[O_SSEPT] + slot
         sept_p = m[si] - 1
         if m[P_DPAMT] != 0:
             _put_range(m, sept_p >> 9)
         _free_page(m, sept_p)
         m[si] = 0
+    ti = m[O_SSPT] + slot
     _free_page(m, m[ti] - 1)
     m[ti] = 0
     m[C_TABLES_FREED] += 1
 
 
 @njit(cache=True, nogil=True)
+def _clear_block(lf, slot):
+    base = 512 * slot
+    for j in range(512):
+        lf[base + j] = 0
+
+
+@njit(cache=True, nogil=True)
 def _zap_direct(m, lf, g, gfn):
-    """Zap the direct subtree under the level-g entry for gfn (5.9): g is 2 or 3."""
+    """Zap the direct subtree under the level-g entry for gfn (5.9): g is 2 or 3.
+
+    Leaves are cleared, then tables freed deepest level first, ascending index.
+    """
     if g == 2:
-        t1 = gfn >> 9
-        base = _l1(m, DIRECT, t1 * 512)
-        for j in range(512):
-            lf[base + j] = 0
-        _free_table(m, DIRECT, 1, t1)
+        s1 = _tfind(m, DIRECT, 1, gfn >> 9)
+        _clear_block(lf, s1)
+        _free_table(m, s1, DIRECT)
     else:
         t2 = gfn >> 18
+        s2 = _tfind(m, DIRECT, 2, t2)
         for t1 in range(t2 * 512, t2 * 512 + 512):
-            if _table_present(m, DIRECT, 1, t1):
-                base = _l1(m, DIRECT, t1 * 512)
-                for j in range(512):
-                    lf[base + j] = 0
-        base = _l2(m, DIRECT, t2 * 512)
-        for j in range(512):
-            lf[base + j] = 0
+            s1 = _tfind(m, DIRECT, 1, t1)
+            if _slot_present(m, s1):
+                _clear_block(lf, s1)
+        _clear_block(lf, s2)
         for t1 in range(t2 * 512, t2 * 512 + 512):
-            if _table_present(m, DIRECT, 1, t1):
-                _free_table(m, DIRECT, 1, t1)
-        _free_table(m, DIRECT, 2, t2)
+            s1 = _tfind(m, DIRECT, 1, t1)
+            if _slot_present(m, s1):
+                _free_table(m, s1, DIRECT)
+        _free_table(m, s2, DIRECT)
 
 
 # ---------------------------------------------------------------------------------------
@@ -804,38 +870,39 @@ def _vm_destroy(m, lf):
     if m[G_VM] != 1:
         m[G_VM] = 2
         return
-    for v in range(m[P_NVCPU]):
-        if m[m[O_VLIVE] + v] != 0:
-            _vcpu_destroy(m, v)
+    # Every live vCPU, in ascending vCPU index.
+    vmap = m[O_VMAP]
+    for v in range(MAX_VCPUS):
+        vs = m[vmap + v] - 1
+        if vs >= 0 and m[m[O_VLIVE] + vs] != 0:
+            _vcpu_destroy(m, vs)
     L = m[P_ROOT_LEVEL]
     dpamt = m[P_DPAMT] != 0
-    # Remove every leaf; private 4 KiB leaves put their range. Leaves live under tables.
-    for root in (MIRROR, DIRECT):
-        for t1 in range(m[TOFF + 2] - m[TOFF + 1]):
-            if _table_present(m, root, 1, t1):
-                base = _l1(m, root, t1 * 512)
+    nslots = m[G_NSLOTS]
+    # Remove every leaf (they live in the blocks of present level 1..3 tables); private
+    # 4 KiB leaves put their range.
+    for slot in range(nslots):
+        if _slot_present(m, slot):
+            key = m[m[O_SKEY] + slot] - 1
+            root = key & 1
+            k = (key >> 1) & 7
+            if k <= 3:
+                base = 512 * slot
+                put = root == MIRROR and k == 1 and dpamt
                 for j in range(512):
                     r1 = lf[base + j]
                     if r1 != 0:
                         lf[base + j] = 0
-                        if root == MIRROR and dpamt:
+                        if put:
                             _put_range(m, np.int64(r1) - 1)
-        for t2 in range(m[TOFF + 3] - m[TOFF + 2]):
-            if _table_present(m, root, 2, t2):
-                base = _l2(m, root, t2 * 512)
-                for j in range(512):
-                    lf[base + j] = 0
-        for t3 in range(m[TOFF + 4] - m[TOFF + 3]):
-            if _table_present(m, root, 3, t3):
-                base = _l3(m, root, t3 * 512)
-                for j in range(512):
-                    lf[base + j] = 0
-    # Free every table, deepest level first, ascending index, mirror before direct.
+    # Free every table, deepest level first (within a level in slot order: after the
+    # vCPUs are gone no counter depends on the order of these frees and puts).
     for k in range(1, L):
-        for idx in range(m[TOFF + k + 1] - m[TOFF + k]):
-            for root in (MIRROR, DIRECT):
-                if _table_present(m, root, k, idx):
-                    _free_table(m, root, k, idx)
+        for slot in range(nslots):
+            if _slot_present(m, slot):
+                key = m[m[O_SKEY] + slot] - 1
+                if (key >> 1) & 7 == k:
+                    _free_table(m, slot, key & 1)
     if m[G_ROOTS] != 0:
         if m[P_TDX] != 0:
             _free_page(m, m[G_ROOT_SPT_M])
@@ -865,6 +932,7 @@ def _vm_destroy(m, lf):
 
 @njit(cache=True, nogil=True)
 def _fault(m, lf, v, gfn, pfn, g, private):
+    """A guest fault on vCPU slot v (5.4)."""
     m[C_FAULTS] += 1
     if private:
         m[C_FAULTS_PRIVATE] += 1
@@ -874,13 +942,11 @@ def _fault(m, lf, v, gfn, pfn, g, private):
         _vcpu_create(m, v)
     _topup(m, v)
     root = MIRROR if private else DIRECT
-    if (
-        lf[_l1(m, root, gfn)] != 0
-        or lf[_l2(m, root, gfn >> 9)] != 0
-        or lf[_l3(m, root, gfn >> 18)] != 0
-    ):
-        m[C_FAULTS_SPURIOUS] += 1
-        return
+    for lv in range(1, 4):
+        li = _leaf(m, root, lv, gfn)
+        if li >= 0 and lf[li] != 0:
+            m[C_FAULTS_SPURIOUS] += 1
+            return
     m[G_IN_LOCK] = 1
     m[G_FPAGES] = 0
     if g > 1:
@@ -898,18 +964,16 @@ def _fault(m, lf, v, gfn, pfn, g, private):
         idx = gfn >> (9 * k)
         if not _table_present(m, root, k, idx):
             _link(m, v, root, k, idx)
-    r = pfn >> 9
+    li = _leaf(m, root, g, gfn)
+    lf[li] = (pfn >> 9) + 1
     if g == 1:
-        lf[_l1(m, root, gfn)] = r + 1
         m[C_LEAVES_4K] += 1
         if root == MIRROR and m[P_DPAMT] != 0:
             while not _get(m, pfn, True, v):
                 _retry(m, v)
     elif g == 2:
-        lf[_l2(m, root, gfn >> 9)] = r + 1
         m[C_LEAVES_2M] += 1
     else:
-        lf[_l3(m, root, gfn >> 18)] = 1
         m[C_LEAVES_1G] += 1
     m[G_IN_LOCK] = 0
     fp = m[G_FPAGES]
@@ -922,16 +986,11 @@ def _fault(m, lf, v, gfn, pfn, g, private):
 def _unmap(m, lf, gfn, level, private):
     m[C_UNMAPS] += 1
     root = MIRROR if private else DIRECT
-    if level == 1:
-        li = _l1(m, root, gfn)
-    elif level == 2:
-        li = _l2(m, root, gfn >> 9)
-    else:
-        li = _l3(m, root, gfn >> 18)
-    r1 = lf[li]
-    if r1 == 0:
+    li = _leaf(m, root, level, gfn)
+    if li < 0 or lf[li] == 0:
         m[C_UNMAPS_MISSING] += 1
         return
+    r1 = lf[li]
     lf[li] = 0
     if level == 1 and root == MIRROR and m[P_DPAMT] != 0:
         _put_range(m, np.int64(r1) - 1)
@@ -940,18 +999,19 @@ def _unmap(m, lf, gfn, level, private):
 @njit(cache=True, nogil=True)
 def _split(m, lf, gfn, private):
     root = MIRROR if private else DIRECT
-    id2 = gfn >> 9
-    li2 = _l2(m, root, id2)
-    r2 = lf[li2]
-    if r2 == 0:
+    li2 = _leaf(m, root, 2, gfn)
+    if li2 < 0 or lf[li2] == 0:
         m[C_UNMAPS_MISSING] += 1
         return
+    r2 = lf[li2]
+    id2 = gfn >> 9
     spt_p = _alloc_page(m)
     m[C_ALLOC_DIRECT] += 1
+    slot = _tslot(m, root, 1, id2)
     if root == MIRROR:
         sept_p = _alloc_page(m)
         m[C_ALLOC_DIRECT] += 1
-        m[m[O_TSEPT] + m[TOFF + 1] + id2] = sept_p + 1
+        m[m[O_SSEPT] + slot] = sept_p + 1
         r = np.int64(r2) - 1
         if m[P_DPAMT] != 0:
             _get(m, sept_p, False, 0)
@@ -968,9 +1028,9 @@ def _split(m, lf, gfn, private):
             m[ri] += 512
             if alloc:
                 _cache_only_after(m, r, was)
-    m[_tidx(m, root, 1, id2)] = spt_p + 1
+    m[m[O_SSPT] + slot] = spt_p + 1
     lf[li2] = 0
-    base = _l1(m, root, id2 * 512)
+    base = 512 * slot
     for j in range(512):
         lf[base + j] = r2
     m[C_SPLITS] += 1
@@ -996,11 +1056,23 @@ def run_chunk(m, lf, u, ts, op, vcpu, gfn, pfn, level, flags, start):
     for i in range(start, n):
         o = op[i]
         uses_vcpu = o == OP_FAULT or o == OP_VCPU_CREATE or o == OP_VCPU_DESTROY
-        v = np.int64(vcpu[i])
-        if uses_vcpu and v >= nv:
-            return ST_GROW_VCPUS, i
+        v = 0
+        if uses_vcpu:
+            vid = np.int64(vcpu[i])
+            if vid >= MAX_VCPUS:
+                m[G_ERR] = E_BAD_VCPU
+                return ST_ERROR, i
+            vi = m[O_VMAP] + vid
+            if m[vi] == 0:
+                if m[G_NVSLOTS] >= nv:
+                    return ST_GROW_VCPUS, i
+                m[G_NVSLOTS] += 1
+                m[vi] = m[G_NVSLOTS]
+            v = m[vi] - 1
         if m[G_K] + m[P_GROW_MARGIN] > m[P_FSTACK]:
             return ST_GROW_FSTACK, i
+        if m[G_NSLOTS] + SLOT_MARGIN > m[Z_SLOTS]:
+            return ST_GROW_TABLES, i
         if every > 0 and m[G_NSAMPLES] >= m[P_NSAMPLES]:
             return ST_SAMPLES_FULL, i
         private = (flags[i] & 1) != 0
@@ -1013,7 +1085,7 @@ def run_chunk(m, lf, u, ts, op, vcpu, gfn, pfn, level, flags, start):
             return ST_ERROR, i
         if o == OP_VCPU_CREATE and m[m[O_VLIVE] + v] != 0:
             m[G_ERR] = E_VCPU_LIVE
-            m[G_ERR_ARG] = v
+            m[G_ERR_ARG] = vcpu[i]
             return ST_ERROR, i
         if o == OP_VM_CREATE and m[G_VM] != 0:
             m[G_ERR] = E_VM_EXISTS
@@ -1098,4 +1170,4 @@ def finish(m, lf, teardown):
 @njit(cache=True, nogil=True)
 def layout_check():
     """Compiled-in layout sizes, compared with the Python side to catch a stale JIT cache."""
-    return N_COUNTERS * 1000 + CB * 10 + HB % 10
+    return N_COUNTERS * 1000 + CB * 10 + Z_SLOTS % 10

@@ -101,7 +101,9 @@ class _Run:
             if status == K.ST_OK:
                 break
             if status == K.ST_GROW_VCPUS:
-                self.s = self.state_mod.grow_vcpus(self.s, int(chunk["vcpu"][start]) + 1)
+                self.s = self.state_mod.grow_vcpus(self.s, 2 * int(self.s.m[K.P_NVCPU]))
+            elif status == K.ST_GROW_TABLES:
+                self.s = self.state_mod.grow_tables(self.s)
             elif status == K.ST_GROW_FSTACK:
                 self.s = self.state_mod.grow_fstack(self.s)
             elif status == K.ST_SAMPLES_FULL:
@@ -128,6 +130,8 @@ class _Run:
             return f"{where}: vm_create when the VM already exists"
         if code == K.E_AFTER_DESTROY:
             return f"{where}: event after vm_destroy (a trace describes one VM)"
+        if code == K.E_BAD_VCPU:
+            return f"{where}: vcpu {int(chunk['vcpu'][i])} is out of range (must be < 65536)"
         if code == K.E_BAD_OP:
             return f"{where}: unknown op code {int(chunk['op'][i])}"
         if code == K.E_KERNEL_PAGES:
@@ -176,7 +180,7 @@ class _Run:
 def _check_layout() -> None:
     from kvmcache.sim import kernel
 
-    want = N_COUNTERS * 1000 + kernel.CB * 10 + kernel.HB % 10
+    want = N_COUNTERS * 1000 + kernel.CB * 10 + kernel.Z_SLOTS % 10
     if kernel.layout_check() != want:
         raise KvmcacheError(
             "the numba cache of kvmcache/sim/kernel.py is stale; delete kvmcache/sim/__pycache__",

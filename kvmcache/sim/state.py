@@ -26,10 +26,12 @@ from kvmcache.trace.events import TraceHeader
 MAX_STATE_BYTES = 64 << 30
 INITIAL_VCPUS = 8
 INITIAL_FSTACK = 1 << 16
+INITIAL_SLOTS = 1024
 
 #: Variable regions of m, in layout order, with their offset slot; per-vCPU regions
 #: are rows of a per-vCPU stride.
 REGIONS = (
+    ("vmap", K.O_VMAP),
     ("vlive", K.O_VLIVE),
     ("vcnt", K.O_VCNT),
     ("spt", K.O_SPT),
@@ -40,8 +42,11 @@ REGIONS = (
     ("refc", K.O_REFC),
     ("pair", K.O_PAIR),
     ("cached", K.O_CACHED),
-    ("tspt", K.O_TSPT),
-    ("tsept", K.O_TSEPT),
+    ("hkey", K.O_HKEY),
+    ("hval", K.O_HVAL),
+    ("skey", K.O_SKEY),
+    ("sspt", K.O_SSPT),
+    ("ssept", K.O_SSEPT),
     ("samples", K.O_SAMPLES),
     ("fstack", K.O_FSTACK),
 )
@@ -74,15 +79,6 @@ def effective_strategy(header: TraceHeader, alloc: str) -> str:
     return alloc if header.is_tdx else "none"
 
 
-def table_counts(header: TraceHeader) -> list[int]:
-    """Tables per level k = 1..root_level-1, each rounded up to whole 512-entry parents."""
-    out = [0]
-    for k in range(1, header.root_level):
-        span = 512**k
-        out.append(max(512, _align_up(-(-header.gfn_limit // span), 512)))
-    return out
-
-
 def grow_margin(params: Mapping[str, int | bool], root_level: int, pamt_target: int) -> int:
     """An upper bound of fresh pages one event can allocate (free-stack head-room)."""
     cap = int(params["capacity"])
@@ -95,8 +91,10 @@ def _sizes(m: np.ndarray) -> dict[str, int]:
     """Region sizes implied by the fixed slots of m."""
     nv = int(m[K.P_NVCPU])
     nr = int(m[K.Z_NRANGES])
-    nt = int(m[K.Z_NTABLES])
+    ns = int(m[K.Z_SLOTS])
+    nh = int(m[K.Z_HCAP])
     return {
+        "vmap": K.MAX_VCPUS,
         "vlive": nv,
         "vcnt": 5 * nv,
         "spt": nv * int(m[K.Z_SPT]),
@@ -107,8 +105,11 @@ def _sizes(m: np.ndarray) -> dict[str, int]:
         "refc": nr,
         "pair": 2 * nr,
         "cached": nr,
-        "tspt": 2 * nt,
-        "tsept": nt,
+        "hkey": nh,
+        "hval": nh,
+        "skey": ns,
+        "sspt": ns,
+        "ssept": ns,
         "samples": max(1, int(m[K.P_NSAMPLES])) * K.N_T,
         "fstack": int(m[K.P_FSTACK]),
     }
@@ -158,19 +159,15 @@ def build(
     kbase = kernel_base(header, params)
     kpages = int(params["kernel_pages"])
     nranges = -(-max(header.host_pfn_limit, kbase + kpages) // 512)
-    tables = table_counts(header)
-    n1, n2, n3 = tables[1] * 512, tables[2] * 512, tables[3] * 512
-    ntables = sum(tables[1:L])
     margin = grow_margin(params, L, target)
     fstack = min(INITIAL_FSTACK, kpages) + 2 * margin
     ctrl = int(params["tdvpr_pages"]) + int(params["tdcx_pages"])
 
-    need = 2 * (n1 + n2 + n3) * 4 + ntables * 24 + nranges * 32 + fstack * 8 + nsamples * 64
+    need = nranges * 32 + fstack * 8 + nsamples * 64
     if need > MAX_STATE_BYTES:
         raise KvmcacheError(
             f"the model state for this trace would need {need / 2**30:.1f} GiB "
-            f"(gfn_limit {header.gfn_limit:#x}, {nranges} host 2 MiB ranges); "
-            "lower gfn_limit/host_pfn_limit or kernel_pages"
+            f"({nranges} host 2 MiB ranges); lower host_pfn_limit or kernel_pages"
         )
     if nranges >= 2**32 - 1:
         raise KvmcacheError("host memory plus the kernel region exceeds 2^41 pfns")
@@ -207,20 +204,34 @@ def build(
     fixed[K.Z_SEPT] = 3 * max(cap, 1)
     fixed[K.Z_PAMT] = max(target, 1)
     fixed[K.Z_VCTRL] = max(ctrl, 1)
-    fixed[K.Z_NTABLES] = ntables
-    fixed[K.Z_N1] = n1
-    fixed[K.Z_N2] = n2
-    fixed[K.Z_N3] = n3
     fixed[K.Z_NRANGES] = nranges
-    off = 0
-    for k in range(1, 8):
-        fixed[K.TOFF + k] = off
-        if k < L:
-            off += tables[k]
+    _size_tables(fixed, INITIAL_SLOTS)
     m = _layout(fixed)
-    lf = np.zeros(2 * (n1 + n2 + n3), dtype=np.uint32)
+    lf = np.zeros(512 * INITIAL_SLOTS, dtype=np.uint32)
     u = np.zeros(K.N_U, dtype=np.uint64)
     return State(m, lf, u)
+
+
+def _size_tables(fixed: np.ndarray, slots: int) -> None:
+    """Table slot capacity and a hash of twice as many positions (load <= 1/2)."""
+    hcap = 1
+    while hcap < 2 * slots:
+        hcap *= 2
+    fixed[K.Z_SLOTS] = slots
+    fixed[K.Z_HCAP] = hcap
+    fixed[K.Z_HSHIFT] = 64 - (hcap.bit_length() - 1)
+
+
+def grow_tables(s: State) -> State:
+    """A state with twice the table slots (and leaf blocks), rehashed."""
+    fixed = s.m[: K.FIXED].copy()
+    slots = 2 * int(fixed[K.Z_SLOTS])
+    _size_tables(fixed, slots)
+    m = _layout(fixed, s.m)
+    K.rehash(m)
+    lf = np.zeros(512 * slots, dtype=np.uint32)
+    lf[: len(s.lf)] = s.lf
+    return State(m, lf, s.u)
 
 
 def grow_vcpus(s: State, need: int) -> State:

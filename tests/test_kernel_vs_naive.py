@@ -1,0 +1,71 @@
+"""The numba kernel against the slow reference (tests/naive.py) on random traces.
+
+Every counter and the histogram must agree for every strategy, both VM types and both
+root levels. KVMCACHE_RANDOM_TRACES scales the number of traces (default below).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import naive
+from kvmcache.errors import KvmcacheError
+from kvmcache.params import DEFAULTS
+from kvmcache.sim.counters import COUNTERS, STRATEGIES
+from kvmcache.sim.replay import replay_many
+from kvmcache.trace import InMemoryTrace
+from kvmcache.trace.events import TraceHeader
+from randtrace import random_trace
+
+TRACES_PER_CASE = int(os.environ.get("KVMCACHE_RANDOM_TRACES", "250"))
+CASES = [("tdx", 4), ("tdx", 5), ("vmx", 4), ("vmx", 5)]
+
+
+def _compare(seed: int, vm_type: str, root_level: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 120))
+    hdr, events, overrides = random_trace(rng, n, vm_type=vm_type, root_level=root_level)
+    params = dict(DEFAULTS)
+    params.update(overrides)
+    header = TraceHeader(
+        hdr["vm_type"], hdr["root_level"], hdr["gfn_limit"], hdr["host_pfn_limit"], path="random"
+    )
+    # One pass carrying all five strategies, as compare does; chunks of 7 events so
+    # state crosses chunk boundaries.
+    try:
+        got = replay_many(
+            InMemoryTrace(header, events, chunk_events=7), list(STRATEGIES), params=params
+        )
+        kernel_error = None
+    except KvmcacheError as e:
+        got, kernel_error = None, str(e)
+    for i, alloc in enumerate(STRATEGIES):
+        try:
+            want, hist = naive.replay(
+                hdr["vm_type"],
+                hdr["root_level"],
+                hdr["gfn_limit"],
+                hdr["host_pfn_limit"],
+                events,
+                params,
+                alloc,
+            )
+        except naive.ModelError as e:
+            assert kernel_error is not None, f"seed {seed}: naive error {e}, kernel none"
+            assert f"event {e.event_index}:" in kernel_error, (seed, str(e), kernel_error)
+            continue
+        assert kernel_error is None, f"seed {seed} {alloc}: kernel error {kernel_error}"
+        c = got[i].counters
+        diff = {k: (c[k], want[k]) for k in COUNTERS if c[k] != want[k]}
+        assert not diff, f"seed {seed} {vm_type} L{root_level} {alloc}: (kernel, naive) {diff}"
+        assert got[i].histograms["fault_pages"] == hist, f"seed {seed} {alloc}"
+
+
+@pytest.mark.parametrize("vm_type,root_level", CASES)
+def test_kernel_equals_naive_on_random_traces(vm_type, root_level):
+    base = {"tdx": 0, "vmx": 1_000_000}[vm_type] + root_level * 100_000
+    for seed in range(base, base + TRACES_PER_CASE):
+        _compare(seed, vm_type, root_level)
