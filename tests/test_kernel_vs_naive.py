@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import os
 
+import naive
 import numpy as np
 import pytest
+from randtrace import random_trace
 
-import naive
 from kvmcache.errors import KvmcacheError
 from kvmcache.params import DEFAULTS
 from kvmcache.sim.counters import COUNTERS, STRATEGIES
 from kvmcache.sim.replay import replay_many
 from kvmcache.trace import InMemoryTrace
 from kvmcache.trace.events import TraceHeader
-from randtrace import random_trace
 
 TRACES_PER_CASE = int(os.environ.get("KVMCACHE_RANDOM_TRACES", "250"))
 CASES = [("tdx", 4), ("tdx", 5), ("vmx", 4), ("vmx", 5)]

@@ -1,0 +1,226 @@
+"""`make bench`: every performance figure of issue 8 next to its target.
+
+Figures are medians of REPEAT runs (best-of for sub-second start-up timings is not used:
+medians throughout), measured on this machine; the machine is printed first. Sizes scale
+with KVMCACHE_BENCH_EVENTS (default 4,000,000 events for the end-to-end replay; the
+constant-memory check replays that and 4x that).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from kvmcache.sim.counters import STRATEGIES  # noqa: E402
+from kvmcache.sim.replay import replay_events  # noqa: E402
+from kvmcache.trace import (  # noqa: E402
+    synth,  # noqa: E402
+)
+
+REPEAT = int(os.environ.get("KVMCACHE_BENCH_REPEAT", "3"))
+E2E_EVENTS = int(os.environ.get("KVMCACHE_BENCH_EVENTS", "4000000"))
+KERNEL_EVENTS = 2_000_000
+BIN = os.path.join(os.path.dirname(sys.executable), "kvmcache")
+
+Row = dict
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, load {load:.1f}"
+
+
+def median_time(fn, repeat: int = REPEAT) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def in_memory(scenario: str, n: int):
+    header, blocks = synth.generate(scenario, events=n, seed=1, vcpus=4)
+    return header, np.concatenate(list(blocks))
+
+
+def bench_kernel() -> list[Row]:
+    rows = []
+    for scenario in ("steady", "boot"):
+        header, ev = in_memory(scenario, KERNEL_EVENTS)
+        n = len(ev)
+        ref = median_time(lambda ev=ev: np.add.reduce(ev["gfn"]))
+        ref_rate = n / ref
+        rows.append(row(f"numpy reduce of one field ({scenario})", ref_rate, "events/s", None))
+        for alloc in STRATEGIES:
+            replay_events(header, ev[:1000], alloc, validate=False)
+            t = median_time(lambda a=alloc, h=header, e=ev: replay_events(h, e, a, validate=False))
+            rate = n / t
+            rows.append(row(f"kernel {scenario} {alloc}", rate, "events/s", 100e6))
+            rows.append(
+                row(
+                    f"  ratio numpy / kernel ({scenario} {alloc})",
+                    ref_rate / rate,
+                    "x",
+                    3.0,
+                    lower=True,
+                )
+            )
+    return rows
+
+
+def _write_trace(path: str, n: int) -> None:
+    header, blocks = synth.generate("steady", events=n, seed=2, vcpus=4)
+    synth.write(path, header, blocks)
+
+
+def _child_rss(cmd: list[str]) -> tuple[float, int]:
+    """Wall time and peak RSS (KiB) of a command, measured from a fresh parent."""
+    code = (
+        "import resource, subprocess, sys, time\n"
+        "t = time.perf_counter()\n"
+        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)\n"
+        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, *cmd], check=True, capture_output=True, text=True
+    ).stdout.split()
+    return float(out[0]), int(out[1])
+
+
+def bench_end_to_end(tmp: str) -> list[Row]:
+    rows = []
+    small = os.path.join(tmp, "small.kvmt")
+    big = os.path.join(tmp, "big.kvmt")
+    t0 = time.perf_counter()
+    _write_trace(small, E2E_EVENTS)
+    synth_rate = E2E_EVENTS / (time.perf_counter() - t0)
+    rows.append(row("synth steady into a binary file", synth_rate, "events/s", 20e6))
+    _write_trace(big, 4 * E2E_EVENTS)
+    subprocess.run([BIN, "replay", small, "--format", "json"], check=True, capture_output=True)
+    results = {}
+    for label, path, n in (("1x", small, E2E_EVENTS), ("4x", big, 4 * E2E_EVENTS)):
+        runs = [_child_rss([BIN, "replay", path, "--format", "json"]) for _ in range(REPEAT)]
+        wall = statistics.median(r[0] for r in runs)
+        rss = max(r[1] for r in runs)
+        results[label] = rss
+        rows.append(row(f"replay end to end, {n:,} events", n / wall, "events/s", 50e6))
+        rows.append(row(f"  peak RSS, {n:,} events", rss / 1024, "MiB", None))
+    growth = results["4x"] / results["1x"]
+    rows.append(row("  RSS growth 4x events (1.0 = constant)", growth, "x", 1.2, lower=True))
+    # compare: all five strategies in one pass vs one replay
+    one = statistics.median(
+        _child_rss([BIN, "replay", small, "--format", "json"])[0] for _ in range(REPEAT)
+    )
+    five = statistics.median(
+        _child_rss([BIN, "compare", small, "--format", "json"])[0] for _ in range(REPEAT)
+    )
+    rows.append(row("compare (5 strategies) / one replay", five / one, "x", 2.5, lower=True))
+    return rows
+
+
+def bench_startup() -> list[Row]:
+    rows = []
+    t = median_time(lambda: subprocess.run([BIN, "--help"], check=True, capture_output=True))
+    rows.append(row("kvmcache --help", t, "s", 0.3, lower=True))
+    yaml_trace = os.path.join(ROOT, "traces", "first-private-4k.yaml")
+    cmd = [BIN, "replay", yaml_trace, "--format", "json"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    t = median_time(lambda: subprocess.run(cmd, check=True, capture_output=True))
+    rows.append(row("replay small YAML, warm JIT cache", t, "s", 1.5, lower=True))
+    return rows
+
+
+def bench_import(tmp: str) -> list[Row]:
+    from kvmcache.trace.importers import mapping
+
+    n = 300_000
+    lines = []
+    for i in range(n // 3):
+        ts = f"{1000 + i // 1000}.{i % 1000000:06d}"
+        lines.append(
+            f"     CPU 0/KVM-4242  [001] d.... {ts}: kvm_entry: vcpu 0, rip 0xffffffff81000000"
+        )
+        lines.append(
+            f"     CPU 0/KVM-4242  [001] d.... {ts}: kvm_mmu_spte_requested: "
+            f"gfn {0x1000 + i:x} pfn {0x80000 + i:x} level 1"
+        )
+        lines.append(
+            f"     CPU 0/KVM-4242  [001] d.... {ts}: kvm_exit: vcpu 0 reason EPT_VIOLATION "
+            "rip 0xffffffff81000000 info1 0x0000000000000181 info2 0x0000000000000000 "
+            "intr_info 0x00000000 error_code 0x00000000"
+        )
+    opts = mapping.ImportOptions(as_tdx=True)
+    t = median_time(lambda: mapping.import_text(iter(lines), opts))
+    return [row("import ftrace text", len(lines) / t, "lines/s", 300e3)]
+
+
+def bench_sweep() -> list[Row]:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_sweep
+
+    return bench_sweep.run()
+
+
+def row(figure: str, value: float, unit: str, target: float | None, lower: bool = False) -> Row:
+    return {"figure": figure, "value": value, "unit": unit, "target": target, "lower": lower}
+
+
+def fmt(v: float, unit: str) -> str:
+    if unit in ("events/s", "lines/s", "points/s"):
+        return f"{v / 1e6:,.2f} M" if v >= 1e6 else f"{v:,.0f}"
+    return f"{v:,.3f}" if v < 100 else f"{v:,.0f}"
+
+
+def main() -> None:
+    print(f"machine: {machine()}")
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M')}")
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for part in (
+            bench_startup,
+            bench_kernel,
+            lambda: bench_end_to_end(tmp),
+            lambda: bench_import(tmp),
+            bench_sweep,
+        ):
+            try:
+                rows.extend(part())
+            except Exception as e:  # a broken benchmark is reported, the others still run
+                rows.append(
+                    row(f"FAILED {getattr(part, '__name__', 'part')}: {e}", float("nan"), "", None)
+                )
+    print(f"{'figure':58} {'value':>14} {'unit':9} {'target':>12}  ok")
+    for r in rows:
+        target = r["target"]
+        ok = ""
+        tgt = ""
+        if target is not None and r["value"] == r["value"]:
+            good = r["value"] <= target if r["lower"] else r["value"] >= target
+            ok = "yes" if good else "NO"
+            tgt = ("<= " if r["lower"] else ">= ") + fmt(target, r["unit"])
+        print(f"{r['figure']:58} {fmt(r['value'], r['unit']):>14} {r['unit']:9} {tgt:>12}  {ok}")
+
+
+if __name__ == "__main__":
+    main()
