@@ -341,7 +341,8 @@ _WARM = False
 
 def warm_up() -> None:
     """Load every replay kernel (numba's on-disk cache) by replaying a 3-event trace under
-    each strategy, so the first real point pays no JIT cost. Idempotent."""
+    each strategy, from a writable (YAML) and a read-only (memory-mapped) event array, so
+    the first real point pays no JIT cost. Idempotent."""
     global _WARM
     if _WARM:
         return
@@ -355,9 +356,12 @@ def warm_up() -> None:
     events["op"] = [OP_VM_CREATE, OP_FAULT, OP_VM_DESTROY]
     events["level"][1] = 1
     events["flags"][1] = 1  # private: S-EPT tables and DPAMT pairs
-    for alloc in STRATEGIES:
-        header = TraceHeader("tdx", 4, 1 << 20, 1 << 24, count=3, format="yaml", path="warm-up")
-        replay_events(header, events, alloc)
+    readonly = events.copy()
+    readonly.flags.writeable = False  # a memory-mapped binary trace: another numba signature
+    for evs in (events, readonly):
+        for alloc in STRATEGIES:
+            header = TraceHeader("tdx", 4, 1 << 20, 1 << 24, count=3, format="yaml", path="warm-up")
+            replay_events(header, evs, alloc)
     _WARM = True
 
 

@@ -1,0 +1,81 @@
+"""`kvmcache plot`: chart a timeline, sweep or compare result (PNG, SVG, HTML or text)."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from kvmcache.errors import KvmcacheError
+
+_FORMATS = ("png", "svg", "html", "table")
+
+
+@click.command("plot")
+@click.argument(
+    "inputs", nargs=-1, required=True, metavar="INPUT...", type=click.Path(allow_dash=True)
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Chart file: .png, .svg or .html (an HTML page embedding the SVG); written atomically.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(_FORMATS),
+    default=None,
+    help="Output format (default: from the -o extension). table prints a text summary with "
+    "sparklines and needs no matplotlib.",
+)
+@click.option("--title", default=None, help="Chart title (default: from the inputs).")
+def command(
+    inputs: tuple[str, ...], output: str | None, fmt: str | None, title: str | None
+) -> None:
+    """Chart INPUT files, recognised by content: a timeline CSV (replay --timeline), a sweep
+    result (JSON or CSV) or a compare/replay result (JSON, or CSV). Several inputs must be of
+    one kind; several timelines draw one line per file and strategy.
+
+    \b
+    Timeline: one panel per figure over events, one line per strategy.
+    Sweep:    idle cache pages at peak vs allocations under lock + retries,
+              one panel per strategy, the Pareto front marked.
+    Compare:  grouped bars of key figures per strategy, normalised per figure.
+    Needs matplotlib (pip install 'kvmcache[plot]') except with --format table.
+    """
+    from kvmcache.report import plots
+
+    if fmt is None:
+        if not output:
+            raise KvmcacheError(
+                "plot: give -o OUT.png, OUT.svg or OUT.html (or --format table for a text summary)"
+            )
+        ext = os.path.splitext(output)[1].lower().lstrip(".")
+        if ext not in plots.IMAGE_FORMATS:
+            raise KvmcacheError(
+                f"{output}: unknown chart type {('.' + ext) if ext else '(no extension)'}; "
+                "use .png, .svg or .html, or --format"
+            )
+        fmt = ext
+    if output == "-":
+        raise KvmcacheError("plot: -o needs a file path, not standard output")
+    if fmt != "table" and not output:
+        raise KvmcacheError(f"plot: --format {fmt} needs -o FILE")
+    if fmt != "table":
+        plots.require_matplotlib()  # fail before reading large inputs
+    data = plots.load(list(inputs))
+    if fmt == "table":
+        text = plots.text_summary(data)
+        if output:
+            from kvmcache.report.outfile import write_atomic
+
+            write_atomic(output, text)
+        else:
+            click.echo(text, nl=False)
+        return
+    payload = plots.render(data, fmt, title)
+    from kvmcache.report.outfile import write_atomic
+
+    assert output is not None
+    write_atomic(output, payload)

@@ -1,0 +1,198 @@
+"""`kvmcache sweep`: parameter grids x strategies x traces, ranked, with the Pareto front."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import click
+
+from kvmcache.commands import _common as common
+from kvmcache.errors import KvmcacheError
+
+_EXT_FORMATS = {".json": "json", ".csv": "csv", ".txt": "table"}
+
+
+@contextmanager
+def points_progress(enabled: bool) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+    """(on_start(total), on_done(n)) driving a points-done bar with an ETA on stderr (TTY only)."""
+    if not enabled or not sys.stderr.isatty():
+        yield (lambda total: None), (lambda n: None)
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("[cyan]sweep"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("points"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        refresh_per_second=10,
+    )
+    task = bar.add_task("sweep", total=None)
+
+    def start(total: int) -> None:
+        bar.update(task, total=total)
+        bar.start()
+
+    def done(n: int) -> None:
+        bar.advance(task, n)
+
+    try:
+        yield start, done
+    finally:
+        bar.stop()
+
+
+@click.command("sweep")
+@click.argument(
+    "traces", nargs=-1, required=True, metavar="TRACE...", type=click.Path(dir_okay=False)
+)
+@click.option(
+    "--alloc",
+    "allocs",
+    multiple=True,
+    type=common.alloc_choice(),
+    help="Allocation strategy; repeatable (default: every strategy meaningful for the trace).",
+)
+@click.option(
+    "--grid",
+    "grids",
+    multiple=True,
+    metavar="NAME=V1,V2,...",
+    help="A parameter axis: values, or START:STOP[:STEP] ranges that include STOP when "
+    "the step lands on it (capacity=8:64:8); repeatable, one axis per parameter.",
+)
+@common.set_option
+@common.config_option
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes on this machine (default: CPU count; 1 runs in-process).",
+)
+@click.option(
+    "--scheduler",
+    envvar="DASK_SCHEDULER_ADDRESS",
+    metavar="ADDRESS",
+    default=None,
+    help="Run on an existing Dask cluster (tcp://HOST:PORT; env DASK_SCHEDULER_ADDRESS). "
+    "Workers read traces by path: use a filesystem they share. Needs kvmcache[dask].",
+)
+@click.option(
+    "--sort",
+    "sort_by",
+    default="cache_pages_idle_peak",
+    show_default=True,
+    metavar="COUNTER",
+    help="Rank points by this counter (ascending; -COUNTER for descending).",
+)
+@common.format_option
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Write the report to this file (atomically) instead of standard output; "
+    "the format defaults from its extension (.json, .csv, else table).",
+)
+@common.strict_option
+@common.progress_option
+@click.pass_context
+def command(
+    ctx: click.Context,
+    traces: tuple[str, ...],
+    allocs: tuple[str, ...],
+    grids: tuple[str, ...],
+    sets: tuple[str, ...],
+    config_path: str | None,
+    jobs: int | None,
+    scheduler: str | None,
+    sort_by: str,
+    fmt: str | None,
+    output: str | None,
+    strict: bool,
+    no_progress: bool,
+) -> None:
+    """Replay every TRACE under every --alloc at every point of the --grid.
+
+    Parameters merge as defaults < trace params < --config < --set < grid point. A point
+    with invalid parameters is reported (invalid, with the reason), not fatal; the sweep
+    fails (exit 2) only when every point is invalid. The Pareto front of each trace
+    (idle cache pages at peak, allocations under lock + retries, pages allocated; all
+    minimised) is marked among its valid points.
+    """
+    from kvmcache.sim import sweep as sweep_mod
+
+    src = click.core.ParameterSource
+    if scheduler is not None and jobs is not None:
+        if ctx.get_parameter_source("scheduler") == src.ENVIRONMENT:
+            scheduler = None  # an explicit --jobs beats DASK_SCHEDULER_ADDRESS
+        else:
+            raise KvmcacheError("--jobs and --scheduler exclude each other; choose one")
+    if scheduler is not None:
+        scheduler = scheduler.strip() or None
+    if scheduler:
+        sweep_mod.import_dask()  # fail early, before any trace is read
+    sweep_mod.sort_key(sort_by)
+    grid = sweep_mod.parse_grid(grids)
+    config, overrides = common.load_inputs(config_path, sets)
+    if fmt is None and output:
+        fmt = _EXT_FORMATS.get(os.path.splitext(output)[1].lower(), "table")
+    fmt = common.resolve_format(fmt)
+
+    with points_progress(not no_progress) as (on_start, on_done):
+        result = sweep_mod.run_sweep(
+            list(traces),
+            list(allocs) or None,
+            grid,
+            config=config.params,
+            overrides=overrides,
+            strict=strict,
+            jobs=jobs or os.cpu_count() or 1,
+            scheduler=scheduler,
+            on_start=on_start,
+            on_done=on_done,
+        )
+    if not result.valid:
+        first = result.invalid[0]
+        raise KvmcacheError(
+            f"every point of the sweep is invalid ({len(result.points)} points); "
+            f"first: {first.trace} {first.alloc}: {first.error}"
+        )
+
+    from kvmcache.report import sweepfmt
+
+    if fmt == "json":
+        from kvmcache.report.jsonfmt import dumps
+
+        text = dumps(sweepfmt.sweep_document(result, sort_by)) + "\n"
+    elif fmt == "csv":
+        text = sweepfmt.render_csv(result, sort_by)
+    elif output or not sys.stdout.isatty():  # a file or a pipe: plain text, wide enough
+        text = sweepfmt.table_text(result, sort_by)
+    else:
+        from rich.console import Console
+
+        sweepfmt.render_table(result, Console(), sort_by)
+        return
+    if output:
+        from kvmcache.report.outfile import write_atomic
+
+        write_atomic(output, text)
+    else:
+        common.echo_out(text)

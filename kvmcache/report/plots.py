@@ -1,0 +1,536 @@
+"""Charts of kvmcache results: timelines, sweep trade-offs and strategy comparisons.
+
+Inputs are recognised by their content, not their name: a timeline CSV (``replay
+--timeline``), a sweep result (``sweep`` JSON or CSV) or a compare/replay result (JSON
+``kvmcache.compare/1`` or ``kvmcache.replay/1``, or a replay/compare CSV). matplotlib is an
+optional extra, imported only when a chart is drawn (Agg backend, no pyplot state);
+:func:`text_summary` needs nothing beyond the standard library.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvmcache.errors import KvmcacheError
+from kvmcache.params import PARAMS
+from kvmcache.report.timeline import TIMELINE_COLUMNS
+from kvmcache.sim.counters import COUNTERS, STRATEGIES
+
+PLOT_HINT = "pip install 'kvmcache[plot]'"
+IMAGE_FORMATS = ("png", "svg", "html")
+KINDS = ("timeline", "sweep", "compare")
+
+#: Timeline panels: CSV column -> panel title.
+TIMELINE_FIGURES: dict[str, str] = {
+    "pages_live": "live pages",
+    "cache_pages_idle": "idle cache pages",
+    "pamt_pairs_live": "PAMT pairs live (ranges with refcount > 0)",
+    "alloc_under_lock": "allocations under mmu_lock (cumulative)",
+    "fault_retries": "fault retries (cumulative)",
+    "pages_allocated": "pages allocated (cumulative)",
+}
+#: Key figures of a comparison, grouped bars normalised per figure.
+COMPARE_FIGURES: tuple[str, ...] = (
+    "pages_allocated",
+    "pages_live_peak",
+    "cache_pages_idle_peak",
+    "alloc_under_lock",
+    "fault_retries",
+    "pamt_add",
+    "pamt_pairs_peak",
+    "seamcalls_under_mmu_lock",
+)
+SPARK = " ▁▂▃▄▅▆▇█"
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class Series:
+    """One strategy's timeline: a label and one list of ints per timeline column."""
+
+    label: str
+    columns: dict[str, list[int]]
+
+
+@dataclass
+class Run:
+    """One replay of a sweep or a comparison (what the charts need of a replay document)."""
+
+    trace: str
+    alloc: str
+    params: dict[str, Any]
+    counters: dict[str, int]
+    pareto: bool = False
+
+
+@dataclass
+class PlotData:
+    """Everything read from the inputs, all of one kind."""
+
+    kind: str
+    sources: list[str] = field(default_factory=list)
+    series: list[Series] = field(default_factory=list)  # timeline
+    runs: list[Run] = field(default_factory=list)  # sweep (valid points) and compare
+    grid: list[str] = field(default_factory=list)  # sweep: the parameters that vary
+
+
+def _read_text(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise KvmcacheError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise KvmcacheError(f"{path}: is a directory") from None
+    except UnicodeDecodeError:
+        raise KvmcacheError(
+            f"{path}: not a text file (expected a kvmcache CSV or JSON result)"
+        ) from None
+    except OSError as e:
+        raise KvmcacheError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def _int(path: str, row: int, col: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise KvmcacheError(f"{path}: row {row}: {col} is not an integer: {value!r}") from None
+
+
+def _run_from_document(path: str, doc: Any, i: int) -> Run:
+    try:
+        counters = doc["counters"]
+        trace = doc["trace"]["path"] if isinstance(doc.get("trace"), dict) else str(doc["trace"])
+        return Run(
+            trace=str(trace),
+            alloc=str(doc["alloc"]),
+            params=dict(doc.get("params") or {}),
+            counters={k: int(v) for k, v in counters.items()},
+            pareto=bool(doc.get("pareto", False)),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise KvmcacheError(f"{path}: runs[{i}] is not a kvmcache replay document") from None
+
+
+def _parse_json(path: str, text: str) -> PlotData:
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise KvmcacheError(f"{path}: invalid JSON: {e.msg} (line {e.lineno})") from None
+    schema = doc.get("schema") if isinstance(doc, dict) else None
+    if schema == "kvmcache.replay/1":
+        return PlotData("compare", [path], runs=[_run_from_document(path, doc, 0)])
+    if schema not in ("kvmcache.sweep/1", "kvmcache.compare/1"):
+        raise KvmcacheError(
+            f"{path}: not a kvmcache result this command can plot (schema {schema!r}; expected "
+            "kvmcache.sweep/1, kvmcache.compare/1 or kvmcache.replay/1)"
+        )
+    runs_doc = doc.get("runs")
+    if not isinstance(runs_doc, list):
+        raise KvmcacheError(f"{path}: {schema} document without a runs list")
+    runs = [_run_from_document(path, r, i) for i, r in enumerate(runs_doc)]
+    if schema == "kvmcache.compare/1":
+        return PlotData("compare", [path], runs=runs)
+    grid = doc.get("grid")
+    names = [str(k) for k in grid] if isinstance(grid, dict) else _varying(runs)
+    return PlotData("sweep", [path], runs=runs, grid=names)
+
+
+def _varying(runs: Sequence[Run]) -> list[str]:
+    """Parameters whose value differs between runs of one trace (a sweep CSV does not name
+    its grid; different traces may bring different parameters of their own)."""
+    traces = {r.trace for r in runs}
+    return [
+        p.name
+        for p in PARAMS
+        if any(len({str(r.params.get(p.name)) for r in runs if r.trace == t}) > 1 for t in traces)
+    ]
+
+
+def _parse_csv(path: str, text: str) -> PlotData:
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        raise KvmcacheError(f"{path}: empty file")
+    head = rows[0]
+    body = [r for r in rows[1:] if r]
+    if tuple(head) == ("alloc", *TIMELINE_COLUMNS):
+        by_alloc: dict[str, dict[str, list[int]]] = {}
+        for n, r in enumerate(body, 2):
+            if len(r) != len(head):
+                raise KvmcacheError(f"{path}: row {n}: {len(r)} fields, expected {len(head)}")
+            cols = by_alloc.setdefault(r[0], {c: [] for c in TIMELINE_COLUMNS})
+            for c, v in zip(TIMELINE_COLUMNS, r[1:], strict=True):
+                cols[c].append(_int(path, n, c, v))
+        series = [Series(a, cols) for a, cols in by_alloc.items()]
+        return PlotData("timeline", [path], series=series)
+    if head[:3] == ["trace", "alloc", "effective_alloc"] and "cache_pages_idle_peak" in head:
+        idx = {name: i for i, name in enumerate(head)}
+        sweep = "pareto" in idx
+        runs = []
+        for n, r in enumerate(body, 2):
+            if len(r) != len(head):
+                raise KvmcacheError(f"{path}: row {n}: {len(r)} fields, expected {len(head)}")
+            if sweep and r[idx["status"]] != "ok":
+                continue  # an invalid point: no counters
+            counters = {c: _int(path, n, c, r[idx[c]]) for c in COUNTERS if c in idx}
+            params = {p.name: r[idx[p.name]] for p in PARAMS if p.name in idx}
+            pareto = sweep and r[idx["pareto"]].lower() == "true"
+            runs.append(Run(r[idx["trace"]], r[idx["alloc"]], params, counters, pareto))
+        if sweep:
+            return PlotData("sweep", [path], runs=runs, grid=_varying(runs))
+        return PlotData("compare", [path], runs=runs)
+    raise KvmcacheError(
+        f"{path}: not a kvmcache result this command can plot (expected a timeline CSV, "
+        "a sweep JSON/CSV or a compare/replay JSON/CSV)"
+    )
+
+
+def read_input(path: str) -> PlotData:
+    """One input file, its kind recognised from its content."""
+    text = _read_text(path)
+    if text.lstrip().startswith("{"):
+        return _parse_json(path, text)
+    return _parse_csv(path, text)
+
+
+def _stem(path: str) -> str:
+    base = os.path.basename(path)
+    for ext in (".csv", ".json"):
+        if base.lower().endswith(ext):
+            return base[: -len(ext)]
+    return base
+
+
+def load(paths: Sequence[str]) -> PlotData:
+    """Every input, which must all be of one kind; several timelines label lines by file."""
+    parts = [read_input(p) for p in paths]
+    kinds = {d.kind for d in parts}
+    if len(kinds) > 1:
+        listing = ", ".join(f"{d.sources[0]} ({d.kind})" for d in parts)
+        raise KvmcacheError(f"plot: inputs of different kinds cannot share a chart: {listing}")
+    out = PlotData(parts[0].kind, [p for d in parts for p in d.sources])
+    for d in parts:
+        if d.kind == "timeline" and len(parts) > 1:
+            for s in d.series:
+                out.series.append(Series(f"{_stem(d.sources[0])}: {s.label}", s.columns))
+        else:
+            out.series.extend(d.series)
+        out.runs.extend(d.runs)
+        out.grid.extend(g for g in d.grid if g not in out.grid)
+    if out.kind == "timeline" and not any(s.columns["event"] for s in out.series):
+        raise KvmcacheError(f"{', '.join(out.sources)}: the timeline has no rows")
+    if out.kind != "timeline" and not out.runs:
+        raise KvmcacheError(f"{', '.join(out.sources)}: no valid runs to plot")
+    return out
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def lock_cost(counters: dict[str, int]) -> int:
+    """Allocations under mmu_lock plus fault retries: the spinlock-safety cost of a run."""
+    return counters["alloc_under_lock"] + counters["fault_retries"]
+
+
+def front_2d(points: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The points no other point beats on both axes (minimised), sorted by x: a staircase."""
+    best: list[tuple[int, int]] = []
+    for x, y in sorted(set(points)):
+        if not best or y < best[-1][1]:
+            best.append((x, y))
+    return best
+
+
+def _order_allocs(allocs: Sequence[str]) -> list[str]:
+    seen = list(dict.fromkeys(allocs))
+    return sorted(seen, key=lambda a: STRATEGIES.index(a) if a in STRATEGIES else len(STRATEGIES))
+
+
+def _run_labels(runs: Sequence[Run]) -> list[str]:
+    traces = list(dict.fromkeys(r.trace for r in runs))
+    if len(traces) == 1:
+        return [r.alloc for r in runs]
+    return [f"{os.path.basename(r.trace)}: {r.alloc}" for r in runs]
+
+
+def sparkline(values: Sequence[int], width: int = 48) -> str:
+    """Values as one line of block characters (at most ``width``, max of each bucket)."""
+    vals = list(values)
+    if len(vals) > width:
+        n = len(vals)
+        vals = [max(vals[i * n // width : (i + 1) * n // width]) for i in range(width)]
+    lo = min(vals, default=0)
+    lo = min(lo, 0)
+    top = max(vals, default=0) - lo
+    if top <= 0:
+        return "".join("·" if v == 0 else SPARK[8] for v in vals)
+    return "".join("·" if v == 0 else SPARK[max(1, round((v - lo) * 8 / top))] for v in vals)
+
+
+# --------------------------------------------------------------------------- text summary
+
+
+def text_summary(data: PlotData) -> str:
+    """A plain-text summary with sparklines: the ``--format table`` output (no matplotlib)."""
+    lines: list[str] = []
+    if data.kind == "timeline":
+        lines.append(f"timeline: {', '.join(data.sources)}")
+        for s in data.series:
+            ev = s.columns["event"]
+            lines.append(
+                f"{s.label}: {len(ev)} samples, events {ev[0] if ev else 0}..{ev[-1] if ev else 0}"
+            )
+            for col in TIMELINE_FIGURES:
+                v = s.columns[col]
+                lines.append(
+                    f"  {col:<18} {sparkline(v)}  min {min(v, default=0):,} "
+                    f"max {max(v, default=0):,} last {v[-1] if v else 0:,}"
+                )
+    elif data.kind == "sweep":
+        lines.append(f"sweep: {', '.join(data.sources)}; grid: {', '.join(data.grid) or '(none)'}")
+        lines.append(
+            "per strategy, in grid order: idle cache pages at peak | allocs under lock + retries"
+        )
+        for trace in dict.fromkeys(r.trace for r in data.runs):
+            lines.append(f"{trace}")
+            runs = [r for r in data.runs if r.trace == trace]
+            for alloc in _order_allocs([r.alloc for r in runs]):
+                rs = [r for r in runs if r.alloc == alloc]
+                rs.sort(key=lambda r: tuple(_sortable(r.params.get(g)) for g in data.grid))
+                idle = [r.counters["cache_pages_idle_peak"] for r in rs]
+                lock = [lock_cost(r.counters) for r in rs]
+                best = min(
+                    rs, key=lambda r: (lock_cost(r.counters), r.counters["cache_pages_idle_peak"])
+                )
+                lines.append(
+                    f"  {alloc:<15} {sparkline(idle, 24)} | {sparkline(lock, 24)}  "
+                    f"{len(rs)} points, {sum(r.pareto for r in rs)} Pareto; best "
+                    f"{_point_text(best, data.grid)}: idle {best.counters['cache_pages_idle_peak']:,}, "
+                    f"lock+retries {lock_cost(best.counters):,}"
+                )
+            front = [r for r in runs if r.pareto]
+            if front:
+                lines.append("  Pareto front (idle peak, lock+retries, pages allocated):")
+                for r in sorted(front, key=lambda r: r.counters["cache_pages_idle_peak"]):
+                    c = r.counters
+                    lines.append(
+                        f"    {r.alloc:<15} {_point_text(r, data.grid):<28} "
+                        f"{c['cache_pages_idle_peak']:>8,} {lock_cost(c):>8,} {c['pages_allocated']:>10,}"
+                    )
+    else:
+        labels = _run_labels(data.runs)
+        width = max(len(label) for label in labels)
+        lines.append(f"compare: {', '.join(data.sources)} (bars relative to the largest run)")
+        for fig in COMPARE_FIGURES:
+            vals = [r.counters.get(fig, 0) for r in data.runs]
+            top = max(vals, default=0)
+            lines.append(fig)
+            for label, v in zip(labels, vals, strict=True):
+                n = round(24 * v / top) if top > 0 else 0
+                bar = "█" * n if n or v == 0 else "▏"
+                lines.append(f"  {label:<{width}} {bar:<24} {v:,}")
+    return "\n".join(lines) + "\n"
+
+
+def _sortable(v: Any) -> tuple[int, Any]:
+    try:
+        return (0, int(v))
+    except (TypeError, ValueError):
+        return (1, str(v))
+
+
+def _point_text(r: Run, grid: Sequence[str]) -> str:
+    return " ".join(f"{g}={_value_text(r.params.get(g))}" for g in grid) or "(defaults)"
+
+
+def _value_text(v: Any) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+# --------------------------------------------------------------------------- charts
+
+
+def require_matplotlib():
+    """``matplotlib.figure.Figure`` with the Agg backend, or a usage error naming the extra."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise KvmcacheError(
+            f"plotting needs matplotlib: {PLOT_HINT} (or use --format table for a text summary)"
+        ) from None
+    return Figure
+
+
+def _timeline_figure(Figure, data: PlotData, title: str | None):
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(12, 9), layout="constrained")
+    axes = fig.subplots(3, 2, squeeze=False).ravel()
+    for ax, (col, label) in zip(axes, TIMELINE_FIGURES.items(), strict=True):
+        for s in data.series:
+            ax.plot(s.columns["event"], s.columns[col], label=s.label, linewidth=1.4)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("events")
+        ax.grid(True, alpha=0.3)
+        ax.ticklabel_format(axis="both", style="plain", useOffset=False)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(data.series) > 1 or data.series[0].label:
+        axes[0].legend(fontsize=8)
+    fig.suptitle(title or f"kvmcache timeline: {', '.join(map(os.path.basename, data.sources))}")
+    return fig
+
+
+def _sweep_figure(Figure, data: PlotData, title: str | None):
+    from matplotlib.ticker import MaxNLocator
+
+    allocs = _order_allocs([r.alloc for r in data.runs])
+    traces = list(dict.fromkeys(r.trace for r in data.runs))
+    ncols = min(3, len(allocs))
+    nrows = -(-len(allocs) // ncols)
+    fig = Figure(figsize=(5.2 * ncols, 4.4 * nrows + 0.6), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True).ravel()
+    colors = [f"C{i % 10}" for i in range(len(traces))]
+    fronts = {
+        t: front_2d(
+            [
+                (r.counters["cache_pages_idle_peak"], lock_cost(r.counters))
+                for r in data.runs
+                if r.trace == t
+            ]
+        )
+        for t in traces
+    }
+    xmax = {
+        t: max(r.counters["cache_pages_idle_peak"] for r in data.runs if r.trace == t)
+        for t in traces
+    }
+    for ax, alloc in zip(axes, allocs, strict=False):
+        for t, color in zip(traces, colors, strict=True):
+            rs = [r for r in data.runs if r.trace == t and r.alloc == alloc]
+            label = os.path.basename(t) if len(traces) > 1 else None
+            xs = [r.counters["cache_pages_idle_peak"] for r in rs]
+            ys = [lock_cost(r.counters) for r in rs]
+            ax.scatter(xs, ys, s=22, color=color, alpha=0.55, label=label, zorder=2)
+            if fronts[t]:  # the staircase, carried on to the right edge of the data
+                fx = [x for x, _ in fronts[t]] + [xmax[t]]
+                fy = [y for _, y in fronts[t]] + [fronts[t][-1][1]]
+                ax.step(fx, fy, where="post", color=color, linestyle="--", linewidth=1, alpha=0.8)
+            marks: dict[tuple[int, int], list[str]] = {}
+            for r in rs:
+                if r.pareto:
+                    xy = (r.counters["cache_pages_idle_peak"], lock_cost(r.counters))
+                    text = ",".join(_value_text(r.params.get(g)) for g in data.grid)
+                    marks.setdefault(xy, []).append(text)
+            for (x, y), texts in marks.items():
+                ax.scatter([x], [y], s=90, marker="*", color=color, edgecolor="black", zorder=3)
+                if data.grid:
+                    ax.annotate(
+                        " | ".join(texts),
+                        (x, y),
+                        textcoords="offset points",
+                        xytext=(4, 4),
+                        fontsize=7,
+                    )
+        ax.set_title(alloc, fontsize=11)
+        ax.grid(True, alpha=0.3)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(traces) > 1:
+            ax.legend(fontsize=7)
+    for ax in axes[len(allocs) :]:
+        ax.set_visible(False)
+    for ax in axes[: len(allocs)]:
+        ax.set_xlabel("idle cache pages at peak")
+        ax.xaxis.set_tick_params(labelbottom=True)
+    for ax in axes[::ncols]:
+        ax.set_ylabel("allocs under mmu_lock + fault retries")
+    sub = "★ Pareto front per trace (idle peak, lock + retries, pages allocated; all minimised)"
+    if data.grid:
+        sub += f"; labels: {','.join(data.grid)}"
+    sub += "; dashed: 2-D front over every strategy"
+    fig.suptitle(
+        (title or "kvmcache sweep: idle cache pages vs allocations under lock") + "\n" + sub,
+        fontsize=10,
+    )
+    return fig
+
+
+def _compare_figure(Figure, data: PlotData, title: str | None):
+    labels = _run_labels(data.runs)
+    n = len(data.runs)
+    fig = Figure(
+        figsize=(max(9, 1.3 * len(COMPARE_FIGURES) * max(1, n) / 3), 5.2), layout="constrained"
+    )
+    ax = fig.subplots()
+    width = 0.8 / max(1, n)
+    for i, (run, label) in enumerate(zip(data.runs, labels, strict=True)):
+        xs, hs, raw = [], [], []
+        for j, figname in enumerate(COMPARE_FIGURES):
+            top = max(r.counters.get(figname, 0) for r in data.runs)
+            v = run.counters.get(figname, 0)
+            xs.append(j - 0.4 + width * (i + 0.5))
+            hs.append(v / top if top > 0 else 0.0)
+            raw.append(v)
+        bars = ax.bar(xs, hs, width=width * 0.95, label=label, color=f"C{i % 10}")
+        ax.bar_label(bars, labels=[f"{v:,}" for v in raw], fontsize=6, rotation=90, padding=2)
+    ax.set_xticks(range(len(COMPARE_FIGURES)))
+    ax.set_xticklabels(
+        [f.replace("_", "_\u200b") for f in COMPARE_FIGURES], fontsize=8, rotation=20, ha="right"
+    )
+    ax.set_ylim(0, 1.3)
+    ax.set_ylabel("relative to the largest run (bars labelled with the value)")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncols=min(5, n), loc="upper left")
+    traces = ", ".join(dict.fromkeys(os.path.basename(r.trace) for r in data.runs))
+    fig.suptitle(title or f"kvmcache compare: {traces}")
+    return fig
+
+
+def render(data: PlotData, fmt: str, title: str | None = None) -> bytes:
+    """The chart as PNG or SVG bytes, or an HTML page embedding the SVG."""
+    if fmt not in IMAGE_FORMATS:
+        raise KvmcacheError(f"plot: unknown output format {fmt!r} (png, svg, html)")
+    Figure = require_matplotlib()
+    import matplotlib
+
+    draw = {"timeline": _timeline_figure, "sweep": _sweep_figure, "compare": _compare_figure}
+    with matplotlib.rc_context({"svg.hashsalt": "kvmcache", "svg.fonttype": "path"}):
+        fig = draw[data.kind](Figure, data, title)
+        buf = io.BytesIO()
+        if fmt == "png":
+            fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+            return buf.getvalue()
+        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+    svg = buf.getvalue()
+    if fmt == "svg":
+        return svg
+    return _html_page(
+        svg.decode("utf-8"), title or f"kvmcache {data.kind}: {', '.join(data.sources)}"
+    )
+
+
+def _html_page(svg: str, title: str) -> bytes:
+    import html
+
+    start = svg.find("<svg")
+    body = svg[start:] if start >= 0 else svg
+    page = (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n"
+        "<style>body{font-family:sans-serif;margin:1em} svg{max-width:100%;height:auto}</style>\n"
+        f"</head>\n<body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body>\n</html>\n"
+    )
+    return page.encode("utf-8")

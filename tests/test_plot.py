@@ -1,0 +1,242 @@
+"""`kvmcache plot` and the timeline CSV it reads: input detection, charts, text summary."""
+
+from __future__ import annotations
+
+import builtins
+import csv
+import json
+import os
+
+import pytest
+
+from kvmcache.cli import main
+from kvmcache.report import plots, sweepfmt
+from kvmcache.report.jsonfmt import replay_document
+from kvmcache.sim import sweep
+from kvmcache.sim.replay import replay
+from kvmcache.trace import open_trace
+
+GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
+FAST = os.path.join(GOLDEN, "02-same-range-fast-path.yaml")  # 9 events, no vm_destroy
+TIGHT = os.path.join(GOLDEN, "06-tight-cache-alloc-under-lock.yaml")  # 4 events, allocs under lock
+RETRY = os.path.join(GOLDEN, "07-pamt-pairs-1-retry.yaml")  # 4 events, fault retries
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as e:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def error_line(err: str) -> str:
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert err.startswith("kvmcache: error: ") and "Traceback" not in err
+    return err[len("kvmcache: error: ") : -1]
+
+
+def timeline(capsys, tmp_path, trace: str, alloc: str, every: int = 2):
+    """Run `replay --timeline` and return (csv rows, replay JSON document, csv path)."""
+    path = tmp_path / f"{os.path.basename(trace)}.{alloc}.csv"
+    code, out, err = run(
+        capsys, "replay", trace, "--alloc", alloc, "--timeline", str(path), "--every", str(every),
+        "--format", "json",
+    )  # fmt: skip
+    assert code == 0, err
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return rows, json.loads(out), str(path)
+
+
+# ------------------------------------------------------------------------ timeline CSV
+
+
+@pytest.mark.parametrize(
+    "trace, alloc, events",
+    [
+        (FAST, "dpamt-install", [2, 4, 6, 8, 9]),  # 9 events: the last row is the end of trace
+        (TIGHT, "dpamt-alloc", [2, 4]),  # 4 events: no extra end row
+        (RETRY, "dpamt-install", [2, 4]),
+    ],
+)
+def test_timeline_rows_at_event_indices(capsys, tmp_path, trace, alloc, events):
+    rows, doc, _ = timeline(capsys, tmp_path, trace, alloc)
+    assert list(rows[0]) == [
+        "alloc", "event", "ts", "pages_live", "cache_pages_idle", "pamt_pairs_live",
+        "alloc_under_lock", "fault_retries", "pages_allocated",
+    ]  # fmt: skip
+    assert [int(r["event"]) for r in rows] == events
+    assert {r["alloc"] for r in rows} == {alloc}
+    last, c = rows[-1], doc["counters"]
+    assert int(last["alloc_under_lock"]) == c["alloc_under_lock"]
+    assert int(last["fault_retries"]) == c["fault_retries"]
+    assert int(last["pages_allocated"]) == c["pages_allocated"]
+    assert int(last["cache_pages_idle"]) == c["cache_pages_idle_end"]
+    assert int(last["pamt_pairs_live"]) == c["pamt_pairs_end"]
+    assert int(last["ts"]) == doc["trace"]["ts_last"]
+
+
+def test_timeline_counts_nonzero(capsys, tmp_path):
+    # the figures the trade-off is about actually move in these two scenarios
+    rows, doc, _ = timeline(capsys, tmp_path, TIGHT, "dpamt-install")
+    assert doc["counters"]["alloc_under_lock"] > 0
+    assert int(rows[-1]["alloc_under_lock"]) == doc["counters"]["alloc_under_lock"]
+    rows, doc, _ = timeline(capsys, tmp_path, RETRY, "dpamt-install")
+    assert doc["counters"]["fault_retries"] == 5
+    assert int(rows[-1]["fault_retries"]) == 5
+
+
+# ------------------------------------------------------------------------ inputs
+
+
+@pytest.fixture
+def sweep_files(tmp_path):
+    grid = sweep.parse_grid(["capacity=14,40", "pamt_pairs=1,2"])
+    res = sweep.run_sweep([RETRY, TIGHT], ["dpamt-install", "dpamt-alloc"], grid)
+    j = tmp_path / "sweep.json"
+    c = tmp_path / "sweep.csv"
+    j.write_text(json.dumps(sweepfmt.sweep_document(res)))
+    c.write_text(sweepfmt.render_csv(res))
+    return str(j), str(c), res
+
+
+@pytest.fixture
+def compare_file(tmp_path):
+    src = open_trace(RETRY)
+    runs = [replay_document(replay(src, a)) for a in ("dpamt-install", "dpamt-alloc", "dpamt-pair")]
+    path = tmp_path / "compare.json"
+    path.write_text(json.dumps({"schema": "kvmcache.compare/1", "runs": runs}))
+    return str(path), runs
+
+
+def test_detect_kinds(capsys, tmp_path, sweep_files, compare_file):
+    j, c, res = sweep_files
+    _, _, tl = timeline(capsys, tmp_path, FAST, "dpamt-install")
+    assert plots.read_input(tl).kind == "timeline"
+    for path in (j, c):
+        data = plots.read_input(path)
+        assert data.kind == "sweep" and data.grid == ["capacity", "pamt_pairs"]
+        valid = res.valid
+        assert len(data.runs) == len(valid)
+        assert sorted(r.pareto for r in data.runs) == sorted(p.pareto for p in valid)
+    data = plots.read_input(compare_file[0])
+    assert data.kind == "compare" and [r.alloc for r in data.runs] == [
+        "dpamt-install", "dpamt-alloc", "dpamt-pair",
+    ]  # fmt: skip
+    two = plots.load([tl, tl])
+    assert [s.label for s in two.series] == [f"{os.path.basename(tl)[:-4]}: dpamt-install"] * 2
+
+
+def test_front_2d():
+    pts = [(5, 0), (3, 2), (4, 2), (3, 3), (1, 9), (1, 7), (6, 0)]
+    assert plots.front_2d(pts) == [(1, 7), (3, 2), (5, 0)]
+
+
+def test_bad_inputs_exit_2(capsys, tmp_path, compare_file, sweep_files):
+    odd = tmp_path / "odd.json"
+    odd.write_text('{"schema": "kvmcache.other/9"}')
+    code, _, err = run(capsys, "plot", str(odd), "--format", "table")
+    assert code == 2 and "schema 'kvmcache.other/9'" in error_line(err)
+    junk = tmp_path / "junk.csv"
+    junk.write_text("a,b\n1,2\n")
+    code, _, err = run(capsys, "plot", str(junk), "--format", "table")
+    assert code == 2 and "not a kvmcache result" in error_line(err)
+    code, _, err = run(capsys, "plot", compare_file[0], sweep_files[0], "--format", "table")
+    assert code == 2 and "different kinds" in error_line(err)
+    code, _, err = run(capsys, "plot", compare_file[0])
+    assert code == 2 and "give -o" in error_line(err)
+    code, _, err = run(capsys, "plot", compare_file[0], "-o", str(tmp_path / "x.gif"))
+    assert code == 2 and "unknown chart type .gif" in error_line(err)
+
+
+# ------------------------------------------------------------------------ charts
+
+
+def _check_png(path):
+    data = open(path, "rb").read()
+    assert data.startswith(PNG_MAGIC) and len(data) > 5000
+
+
+def _check_svg(path):
+    text = open(path, encoding="utf-8").read()
+    assert text.startswith("<?xml") and "<svg" in text and text.rstrip().endswith("</svg>")
+
+
+def test_charts_each_kind(capsys, tmp_path, sweep_files, compare_file):
+    pytest.importorskip("matplotlib", reason="charts need the optional extra kvmcache[plot]")
+    _, _, tl1 = timeline(capsys, tmp_path, TIGHT, "dpamt-install")
+    _, _, tl2 = timeline(capsys, tmp_path, TIGHT, "dpamt-alloc")
+    j, c, _ = sweep_files
+    cases = [
+        ([tl1, tl2], "timeline.png", _check_png),
+        ([j], "sweep.png", _check_png),
+        ([c], "sweep.svg", _check_svg),
+        ([compare_file[0]], "compare.png", _check_png),
+    ]
+    for inputs, name, check in cases:
+        out = tmp_path / "out" / name
+        out.parent.mkdir(exist_ok=True)
+        code, stdout, err = run(capsys, "plot", *inputs, "-o", str(out))
+        assert code == 0 and stdout == "", err
+        check(out)
+    html = tmp_path / "out" / "compare.html"
+    code, _, err = run(capsys, "plot", compare_file[0], "-o", str(html))
+    assert code == 0, err
+    page = html.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<svg" in page and "</html>" in page
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(
+        [name for _, name, _ in cases] + ["compare.html"]
+    )  # written atomically: no temporary file left
+
+
+def test_missing_matplotlib(capsys, monkeypatch, compare_file, tmp_path):
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    out = tmp_path / "c.png"
+    code, stdout, err = run(capsys, "plot", compare_file[0], "-o", str(out))
+    assert code == 2 and stdout == "" and not out.exists()
+    assert "pip install 'kvmcache[plot]'" in error_line(err)
+    # the text summary needs nothing extra
+    code, stdout, err = run(capsys, "plot", compare_file[0], "--format", "table")
+    assert code == 0, err
+    assert "cache_pages_idle_peak" in stdout
+
+
+# ------------------------------------------------------------------------ text summary
+
+
+def test_text_summary_compare(capsys, compare_file):
+    path, runs = compare_file
+    code, out, err = run(capsys, "plot", path, "--format", "table")
+    assert code == 0, err
+    lines = out.splitlines()
+    i = lines.index("fault_retries")
+    retries = [r["counters"]["fault_retries"] for r in runs]
+    assert retries[0] == 5  # dpamt-install retries on this trace; the others do not
+    assert retries[1:] == [0, 0]
+    assert lines[i + 1 : i + 4] == [
+        f"  dpamt-install {'█' * 24} 5",
+        f"  dpamt-alloc   {' ' * 24} 0",
+        f"  dpamt-pair    {' ' * 24} 0",
+    ]
+
+
+def test_text_summary_sweep_and_timeline(capsys, tmp_path, sweep_files):
+    j, _, res = sweep_files
+    code, out, err = run(capsys, "plot", j, "--format", "table")
+    assert code == 0, err
+    assert "grid: capacity, pamt_pairs" in out
+    front = [p for p in res.valid if p.pareto]
+    assert out.count("Pareto front") == len({p.trace for p in front})
+    _, _, tl = timeline(capsys, tmp_path, FAST, "dpamt-install")
+    code, out, err = run(capsys, "plot", tl, "--format", "table")
+    assert code == 0, err
+    assert "dpamt-install: 5 samples, events 2..9" in out
