@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/kvmcache info $(DEMO_TRACE)
-	$(BIN)/kvmcache compare $(DEMO_TRACE)
+	$(BIN)/kvmcache info $(DEMO_TRACE) --format table
+	$(BIN)/kvmcache compare $(DEMO_TRACE) --format table
 
 test: $(STAMP)
 	$(BIN)/ruff check kvmcache tests benchmarks

@@ -20,7 +20,7 @@ from kvmcache.sim.replay import replay_many
 from kvmcache.trace import InMemoryTrace
 from kvmcache.trace.events import TraceHeader
 
-TRACES_PER_CASE = int(os.environ.get("KVMCACHE_RANDOM_TRACES", "250"))
+TRACES_PER_CASE = int(os.environ.get("KVMCACHE_RANDOM_TRACES", "500"))
 CASES = [("tdx", 4), ("tdx", 5), ("vmx", 4), ("vmx", 5)]
 
 
