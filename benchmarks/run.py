@@ -216,9 +216,10 @@ def main() -> None:
         ok = ""
         tgt = ""
         if target is not None and r["value"] == r["value"]:
-            good = r["value"] <= target if r["lower"] else r["value"] >= target
+            lower = r.get("lower", False)
+            good = r["value"] <= target if lower else r["value"] >= target
             ok = "yes" if good else "NO"
-            tgt = ("<= " if r["lower"] else ">= ") + fmt(target, r["unit"])
+            tgt = ("<= " if lower else ">= ") + fmt(target, r["unit"])
         print(f"{r['figure']:58} {fmt(r['value'], r['unit']):>14} {r['unit']:9} {tgt:>12}  {ok}")
 
 

@@ -188,23 +188,32 @@ class BinaryTrace:
             yield from self._pipe_chunks()
 
     def _mmap_chunks(self) -> Iterator[np.ndarray]:
+        """One read-only mapping per chunk window, dropped when the next chunk is mapped.
+
+        A single mapping of the whole file would keep every page it touched resident
+        (file-backed pages count in RSS), so memory would grow with the trace.
+        """
         n = self._records or 0
         if n == 0:
             return
         view_dtype = _record_view_dtype(self._rsize)
-        mm = np.memmap(self.path, dtype=view_dtype, mode="r", offset=self._hsize, shape=(n,))
-        try:
-            for start in range(0, n, self.chunk_events):
-                part = mm[start : start + self.chunk_events]
-                if view_dtype is EVENT_DTYPE:
-                    yield part
-                else:
-                    out = np.empty(len(part), dtype=EVENT_DTYPE)
-                    for name in EVENT_DTYPE.names:
-                        out[name] = part[name]
-                    yield out
-        finally:
-            del mm
+        for start in range(0, n, self.chunk_events):
+            count = min(self.chunk_events, n - start)
+            part = np.memmap(
+                self.path,
+                dtype=view_dtype,
+                mode="r",
+                offset=self._hsize + start * self._rsize,
+                shape=(count,),
+            )
+            if view_dtype is EVENT_DTYPE:
+                yield part
+            else:
+                out = np.empty(count, dtype=EVENT_DTYPE)
+                for name in EVENT_DTYPE.names:
+                    out[name] = part[name]
+                yield out
+            del part
 
     def _pipe_chunks(self) -> Iterator[np.ndarray]:
         assert self._stream is not None
