@@ -12,7 +12,11 @@ from kvmcache.sim.replay import replay_many
 from kvmcache.trace import open_trace
 
 TRACES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "traces")
-ALL = sorted(p for p in glob.glob(os.path.join(TRACES, "*")) if p.endswith((".yaml", ".kvmt")))
+ALL = sorted(
+    p
+    for p in glob.glob(os.path.join(TRACES, "*"))
+    if p.endswith((".yaml", ".kvmt")) and not p.endswith((".params.yaml", ".import.yaml"))
+)
 
 
 def test_bundle_is_not_empty():
