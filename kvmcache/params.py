@@ -37,7 +37,9 @@ PARAMS: tuple[Param, ...] = (
     Param("tdvpr_pages", 1, "vCPU control pages: TDVPR"),
     Param("tdcx_pages", 5, "vCPU control pages: TDCX"),
     Param("spread", 1, "host allocator: fresh pages round-robin over this many 2 MiB ranges"),
-    Param("kernel_base_pfn", 0, "first pfn of the kernel allocation region (0 = after host memory)"),
+    Param(
+        "kernel_base_pfn", 0, "first pfn of the kernel allocation region (0 = after host memory)"
+    ),
     Param("kernel_pages", 1048576, "size of the kernel allocation region in pages"),
     Param("header_bytes", 192, "size of one header slab object (byte figures only)"),
     Param("desc_bytes", 128, "size of one desc slab object (byte figures only)"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -330,6 +332,33 @@ def test_backings() -> None:
     assert len(np.unique(pfns >> 9)) > 0.8 * len(gfns)  # nearly a host range each
 
 
+_PURE_PYTHON = """
+import sys
+import numpy as np
+from kvmcache.trace import synth
+parts = []
+for scenario in synth.SCENARIOS:
+    for vm in ("tdx", "vmx"):
+        _, blocks = synth.generate(scenario, events=300, vm=vm, seed=2, block_events=50,
+                                   guest_memory="64MiB", host_memory="256MiB")
+        parts.extend(blocks)
+sys.stdout.buffer.write(np.concatenate(parts).tobytes())
+"""
+
+
+def test_compiled_kernel_matches_the_same_code_as_plain_python() -> None:
+    """NUMBA_DISABLE_JIT runs the kernel as Python (numpy scalars, wrapping like numba): the
+    bytes must be the same, so nothing depends on how numba compiles the arithmetic."""
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    cmd = [sys.executable, "-W", "error", "-c", _PURE_PYTHON]
+    pure = subprocess.run(cmd, env=env, capture_output=True, check=True, timeout=300).stdout
+    parts = []
+    for scenario in synth.SCENARIOS:
+        for vm in ("tdx", "vmx"):
+            parts.append(gen(scenario, events=300, vm=vm, seed=2, **SMALL)[1])
+    assert pure == np.concatenate(parts).tobytes()
+
+
 # --- arguments --------------------------------------------------------------------------------
 
 
@@ -373,6 +402,22 @@ def test_cli_list(capsys) -> None:
     assert code == 0 and err == ""
     lines = out.splitlines()
     assert [line.split()[0] for line in lines] == list(synth.SCENARIOS)
+
+
+def test_cli_help_shows_the_library_defaults(capsys) -> None:
+    code, out, _ = run(capsys, "synth", "--help")
+    text = " ".join(out[out.index("Options:") :].split())
+    assert code == 0
+    for option, default in (
+        ("--vcpus", synth.DEFAULT_VCPUS),
+        ("--guest-memory", synth.DEFAULT_GUEST_MEMORY),
+        ("--host-memory", synth.DEFAULT_HOST_MEMORY),
+        ("--events", synth.DEFAULT_EVENTS),
+        ("--rate", int(synth.DEFAULT_RATE)),
+        ("--jitter", synth.DEFAULT_JITTER),
+    ):
+        after = text[text.index(option) :]
+        assert f"[default: {default}]" in after[: after.index("--", 2)], option
 
 
 def test_cli_writes_binary_and_refuses_to_overwrite(capsys, tmp_path) -> None:

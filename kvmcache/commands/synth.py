@@ -40,9 +40,27 @@ _BACKINGS = ("hugepage", "4k-contiguous", "4k-random")
     default=None,
     help="Events in the trace, vm_create and vm_destroy included  [default: 1000000]",
 )
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--root-level", type=click.Choice(["4", "5"]), default="4", show_default=True)
-@click.option("--vm", type=click.Choice(["tdx", "vmx"]), default="tdx", show_default=True)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Random seed: the same arguments give the same trace.",
+)
+@click.option(
+    "--root-level",
+    type=click.Choice(["4", "5"]),
+    default="4",
+    show_default=True,
+    help="Page-table root level in the trace header.",
+)
+@click.option(
+    "--vm",
+    type=click.Choice(["tdx", "vmx"]),
+    default="tdx",
+    show_default=True,
+    help="VM type: tdx has private memory, vmx none.",
+)
 @click.option(
     "--backing",
     type=click.Choice(_BACKINGS),
@@ -132,11 +150,13 @@ def command(
     n = synth.write(out, header, blocks)
     if not synth.is_yaml_path(out):
         _drop_stale_sidecar(out)
-    elapsed = max(time.perf_counter() - start, 1e-9)
+    elapsed = time.perf_counter() - start
     size = os.path.getsize(out)
+    size_text = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
+    speed = f", {n / elapsed / 1e6:.1f} M events/s" if elapsed > 0.1 else ""
     print(
-        f"kvmcache: wrote {n:,} events ({scenario}, {vm}) to {out}: {size / 1e6:.1f} MB "
-        f"in {elapsed:.2f} s ({n / elapsed / 1e6:.1f} M events/s)",
+        f"kvmcache: wrote {n:,} events ({scenario}, {vm}) to {out}: {size_text} "
+        f"in {elapsed:.2f} s{speed}",
         file=sys.stderr,
     )
 

@@ -74,7 +74,12 @@ def open_trace(
         first = stream.read(len(MAGIC))
         if first == MAGIC:
             return BinaryTrace(
-                "-", strict=strict, chunk_events=chunk_events, warn=warn, stream=stream, prefix=first
+                "-",
+                strict=strict,
+                chunk_events=chunk_events,
+                warn=warn,
+                stream=stream,
+                prefix=first,
             )
         text = (first + stream.read()).decode("utf-8", errors="replace")
         header, events = yamlfmt.read_yaml("<stdin>", text=text)

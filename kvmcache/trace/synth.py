@@ -182,6 +182,7 @@ REG_LEAF2M, REG_TBL1, REG_HUGE = 1, 2, 4
 OP_VM_CREATE, OP_VM_DESTROY, OP_VCPU_CREATE, OP_VCPU_DESTROY = 1, 2, 3, 4
 OP_FAULT, OP_UNMAP, OP_SPLIT = 5, 6, 7
 _P32 = 1 << 32
+_M32 = _P32 - 1
 
 # Scenario mixes (probabilities per tick of a live vCPU).
 BOOT_JUMP = 0.02
@@ -241,13 +242,20 @@ _jit_inline = njit(cache=True, nogil=True, _nrt=False, inline="always")
 
 
 @_jit("int64(int64[::1])")
-def _u32(M):
-    """32 random bits (splitmix64, a counter-based generator) as a non-negative int64."""
+def _u64(M):
+    """64 random bits (splitmix64, a counter-based generator), as the bits of an int64.
+    Callers split them into two 32-bit halves: ``(z >> 32) & _M32`` and ``z & _M32``."""
     z = np.uint64(M[S_RNG]) + np.uint64(0x9E3779B97F4A7C15)
     M[S_RNG] = np.int64(z)
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return np.int64((z ^ (z >> np.uint64(31))) >> np.uint64(32))
+    return np.int64(z ^ (z >> np.uint64(31)))
+
+
+@_jit("int64(int64[::1])")
+def _u32(M):
+    """32 random bits as a non-negative int64."""
+    return (_u64(M) >> 32) & _M32
 
 
 @_jit("int64(int64[::1], int64)")
@@ -364,17 +372,18 @@ def _act(M, j, op, gfn, level, root):
     M[a + 3] = root
 
 
-@_jit("int64(int64[::1])")
-def _private_root(M):
-    """The root of the next fault: mirror with the private fraction (tdx only), else direct."""
-    return ROOT_MIRROR if _u32(M) < M[S_PF] else ROOT_DIRECT
+@_jit("int64(int64[::1], int64)")
+def _root_of(M, u):
+    """The root of a fault, from 32 random bits: mirror with the private fraction (tdx only),
+    else direct. Only the top 23 bits decide, so the low 9 can pick a page in a region."""
+    return ROOT_MIRROR if (u >> 9) < (M[S_PF] >> 9) else ROOT_DIRECT
 
 
-@_jit("int64(int64[::1])")
-def _window_gfn(M):
-    """A gfn in the used part of the shared window."""
-    r = M[S_MAIN_REGS] + _below(M, M[S_WIN_WS])
-    return r * _REGION + _below(M, _REGION)
+@_jit("int64(int64[::1], int64, int64)")
+def _window_gfn(M, lo, hi):
+    """A gfn in the used part of the shared window, from 32 random bits and 9 more."""
+    r = M[S_MAIN_REGS] + ((lo * M[S_WIN_WS]) >> 32)
+    return r * _REGION + (hi & (_REGION - 1))
 
 
 @_jit("int64(int64[::1])")
@@ -385,16 +394,20 @@ def _ws_region(M):
 
 @_jit_inline
 def _plain_fault(M, j):
-    """A fault over the working set (either root) or the shared window, 2 MiB on huge regions."""
-    root = _private_root(M)
+    """A fault over the working set (either root) or the shared window, 2 MiB on huge regions.
+    One random draw: the high half picks the root and the page, the low half the region."""
+    z = _u64(M)
+    hi = (z >> 32) & _M32
+    lo = z & _M32
+    root = _root_of(M, hi)
     if root == ROOT_DIRECT and M[S_WIN_REGS] > 0:
-        _act(M, j, OP_FAULT, _window_gfn(M), 1, root)
+        _act(M, j, OP_FAULT, _window_gfn(M, lo, hi), 1, root)
         return j + 1
-    r = _ws_region(M)
+    r = M[np.uint64(M[S_WS] + ((lo * M[S_WS_REGS]) >> 32))]
     if M[_regx(M, root, r)] & REG_HUGE:
         _act(M, j, OP_FAULT, r * _REGION, 2, root)
     else:
-        _act(M, j, OP_FAULT, r * _REGION + _below(M, _REGION), 1, root)
+        _act(M, j, OP_FAULT, r * _REGION + (hi & (_REGION - 1)), 1, root)
     return j + 1
 
 
@@ -446,25 +459,27 @@ def _to_private(M):
 
 
 @_jit_inline
-def _act_boot(M, v):
-    root = _private_root(M)
+def _act_boot(M, v, u):
+    root = _root_of(M, u)
+    z = _u64(M)
+    zhi = (z >> 32) & _M32
+    zlo = z & _M32
     if root == ROOT_DIRECT and M[S_WIN_REGS] > 0:
-        _act(M, 0, OP_FAULT, _window_gfn(M), 1, root)
+        _act(M, 0, OP_FAULT, _window_gfn(M, zlo, zhi), 1, root)
         return 1
     lo = M[_vcx(M, V_LO, v)]
     hi = M[_vcx(M, V_HI, v)]
     cx = _vcx(M, V_CUR, v)
     gfn = M[cx]
-    if _u32(M) < _T_BOOT_JUMP:
-        gfn = lo + _below(M, hi - lo)
+    if zlo < _T_BOOT_JUMP:
+        gfn = lo + ((zhi * (hi - lo)) >> 32)
     M[cx] = lo if gfn + 1 >= hi else gfn + 1
     _act(M, 0, OP_FAULT, gfn, 1, root)
     return 1
 
 
 @_jit_inline
-def _act_steady(M, v):
-    u = _u32(M)
+def _act_steady(M, v, u):
     if u < _T_STEADY_REPEAT:
         level = M[_vcx(M, V_LASTL, v)]
         if level > 0:  # the same fault again: spurious while the leaf stays
@@ -491,10 +506,11 @@ def _fresh_region(M):
 
 
 @_jit_inline
-def _act_split(M, v):
-    root = _private_root(M)
+def _act_split(M, v, u):
+    root = _root_of(M, u)
     if root == ROOT_DIRECT and M[S_WIN_REGS] > 0:  # shared I/O: 4 KiB in the window
-        _act(M, 0, OP_FAULT, _window_gfn(M), 1, root)
+        z = _u64(M)
+        _act(M, 0, OP_FAULT, _window_gfn(M, z & _M32, (z >> 32) & _M32), 1, root)
         return 1
     done = M[S_BODY] - M[S_REM]
     if done * 10 >= SPLIT_PHASE_A_TENTHS * M[S_BODY] or M[S_FRESH] >= M[S_MAIN_REGS]:
@@ -519,8 +535,7 @@ def _act_split(M, v):
 
 
 @_jit_inline
-def _act_churn(M, v):
-    u = _u32(M)
+def _act_churn(M, v, u):
     if u < _T_CHURN_DESTROY:
         _act(M, 0, OP_VCPU_DESTROY, 0, 0, 0)
         return 1
@@ -530,15 +545,17 @@ def _act_churn(M, v):
 
 
 @_jit_inline
-def _act_scatter(M, v):
-    if _u32(M) < _T_SCATTER_UNMAP:
+def _act_scatter(M, v, u):
+    if u < _T_SCATTER_UNMAP:
         e = _pick4k(M, R_4K)
         if e >= 0:
             _act(M, 0, OP_UNMAP, e >> 1, 1, e & 1)
             return 1
-    root = _private_root(M)
+    z = _u64(M)
+    zhi = (z >> 32) & _M32
+    root = _root_of(M, zhi)
     if root == ROOT_DIRECT and M[S_WIN_REGS] > 0:
-        _act(M, 0, OP_FAULT, _window_gfn(M), 1, root)
+        _act(M, 0, OP_FAULT, _window_gfn(M, z & _M32, zhi), 1, root)
         return 1
     cx = _vcx(M, V_CUR, v)
     rx = _vcx(M, V_RUN, v)
@@ -553,21 +570,22 @@ def _act_scatter(M, v):
 
 
 @_jit_inline
-def _decide(M, v):
-    """The actions of one tick of vCPU v: its creation if it is not live, else the scenario's."""
+def _decide(M, v, u):
+    """The actions of one tick of vCPU v: its creation if it is not live, else the scenario's
+    (u: 32 random bits drawn for the tick)."""
     if M[_vcx(M, V_LIVE, v)] == 0:
         _act(M, 0, OP_VCPU_CREATE, 0, 0, 0)
         return 1
     scen = M[S_SCEN]
     if scen == SC_BOOT:
-        return _act_boot(M, v)
+        return _act_boot(M, v, u)
     if scen == SC_STEADY:
-        return _act_steady(M, v)
+        return _act_steady(M, v, u)
     if scen == SC_SPLIT:
-        return _act_split(M, v)
+        return _act_split(M, v, u)
     if scen == SC_CHURN:
-        return _act_churn(M, v)
-    return _act_scatter(M, v)
+        return _act_churn(M, v, u)
+    return _act_scatter(M, v, u)
 
 
 # --- kernel: applying actions (emit the record, update the model) ----------------------------
@@ -684,14 +702,15 @@ def _run(out, M, F):
     while M[S_REM] > 0 and n + MAXK <= cap:
         ts = M[M[S_HT]]
         v = M[M[S_HV]]
-        k = _decide(M, v)
+        z = _u64(M)
+        k = _decide(M, v, (z >> 32) & _M32)
         for j in range(k):
             a = S_ACT + 4 * j
             _apply(out, n + j, M, ts, v, M[a], M[a + 1], M[a + 2], M[a + 3])
         n += k
         M[S_REM] -= k
         M[S_LAST_TS] = ts
-        step = period * (k + M[S_EXTRA]) * (1.0 + jitter * (_u32(M) * (2.0 / _P32) - 1.0))
+        step = period * (k + M[S_EXTRA]) * (1.0 + jitter * ((z & _M32) * (2.0 / _P32) - 1.0))
         M[S_EXTRA] = 0
         _sift_down(M, ts + np.int64(step), v)
     if M[S_REM] == 0 and M[S_DONE] == 0 and n < cap:
