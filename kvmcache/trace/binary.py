@@ -300,7 +300,8 @@ class BinaryWriter:
         """Append records (an array of EVENT_DTYPE)."""
         if events.dtype != EVENT_DTYPE:
             events = events.astype(EVENT_DTYPE)
-        self._f.write(np.ascontiguousarray(events).tobytes())
+        # The array's own buffer, not a tobytes() copy: one less pass over every block.
+        self._f.write(memoryview(np.ascontiguousarray(events)).cast("B"))
         self.count += len(events)
 
     def close(self) -> None:

@@ -25,7 +25,19 @@ from numba import njit
 
 from kvmcache.errors import KvmcacheError
 from kvmcache.trace.binary import BinaryWriter
-from kvmcache.trace.events import EVENT_DTYPE, MAX_VCPUS, TraceHeader, empty
+from kvmcache.trace.events import (
+    EVENT_DTYPE,
+    MAX_VCPUS,
+    OP_FAULT,
+    OP_SPLIT,
+    OP_UNMAP,
+    OP_VCPU_CREATE,
+    OP_VCPU_DESTROY,
+    OP_VM_CREATE,
+    OP_VM_DESTROY,
+    TraceHeader,
+    empty,
+)
 
 #: Scenario name -> one-line description (``kvmcache synth --list``).
 SCENARIOS: dict[str, str] = {
@@ -179,8 +191,6 @@ ROOT_DIRECT, ROOT_MIRROR = 0, 1
 # region at 2 MiB when it can (set once, at the start, in both roots).
 REG_LEAF2M, REG_TBL1, REG_HUGE = 1, 2, 4
 
-OP_VM_CREATE, OP_VM_DESTROY, OP_VCPU_CREATE, OP_VCPU_DESTROY = 1, 2, 3, 4
-OP_FAULT, OP_UNMAP, OP_SPLIT = 5, 6, 7
 _P32 = 1 << 32
 _M32 = _P32 - 1
 
@@ -460,6 +470,7 @@ def _to_private(M):
 
 @_jit_inline
 def _act_boot(M, v, u):
+    """boot: the vCPU's next page of its slice (2% jumps), or a shared I/O-buffer fault."""
     root = _root_of(M, u)
     z = _u64(M)
     zhi = (z >> 32) & _M32
@@ -480,6 +491,7 @@ def _act_boot(M, v, u):
 
 @_jit_inline
 def _act_steady(M, v, u):
+    """steady: repeat the last fault, convert a page either way, or a plain fault."""
     if u < _T_STEADY_REPEAT:
         level = M[_vcx(M, V_LASTL, v)]
         if level > 0:  # the same fault again: spurious while the leaf stays
@@ -507,6 +519,7 @@ def _fresh_region(M):
 
 @_jit_inline
 def _act_split(M, v, u):
+    """hugepage-split: map fresh regions at 2 MiB, then split, unmap and refault 4 KiB."""
     root = _root_of(M, u)
     if root == ROOT_DIRECT and M[S_WIN_REGS] > 0:  # shared I/O: 4 KiB in the window
         z = _u64(M)
@@ -536,6 +549,7 @@ def _act_split(M, v, u):
 
 @_jit_inline
 def _act_churn(M, v, u):
+    """churn: destroy the vCPU (it comes back later), unmap a present leaf, or a plain fault."""
     if u < _T_CHURN_DESTROY:
         _act(M, 0, OP_VCPU_DESTROY, 0, 0, 0)
         return 1
@@ -546,6 +560,7 @@ def _act_churn(M, v, u):
 
 @_jit_inline
 def _act_scatter(M, v, u):
+    """scatter: unmap a present 4 KiB leaf, or the next page of the vCPU's current run."""
     if u < _T_SCATTER_UNMAP:
         e = _pick4k(M, R_4K)
         if e >= 0:
