@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from kvmcache.atomic import write_atomic
 from kvmcache.errors import EXIT_USAGE, KvmcacheError
 from kvmcache.sim.counters import COUNTERS
 
@@ -374,32 +374,9 @@ def evaluate(
 
 def save_document(path: str, doc: Mapping[str, Any]) -> None:
     """Write a JSON report atomically: a temporary file in the same directory, then rename."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = -1, ""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".kvmcache-", suffix=".json.tmp", dir=d)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            fd = -1
-            json.dump(doc, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-        tmp = ""
-    except OSError as e:
-        raise KvmcacheError(f"{path}: cannot save baseline: {e.strerror or e}") from None
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        if tmp:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+        write_atomic(path, json.dumps(doc, indent=1) + "\n")
+    except KvmcacheError as e:
+        raise KvmcacheError(
+            f"{path}: cannot save baseline: {e.message.split(': ', 1)[-1]}"
+        ) from None

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import click
 import numpy as np
 import yaml
 
+from kvmcache.atomic import atomic_open
 from kvmcache.errors import KvmcacheError
 from kvmcache.params import parse_mapping
 from kvmcache.trace import YAML_EXTS, open_trace, sidecar_path
@@ -47,20 +47,9 @@ def _write_sidecar(dst: str, params: dict) -> str | None:
         if os.path.lexists(side):
             os.unlink(side)
         return None
-    directory = os.path.dirname(os.path.abspath(side)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(side)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(f"# model parameters for {os.path.basename(dst)} (kvmcache convert)\n")
-            yaml.safe_dump(dict(params), f, sort_keys=False, default_flow_style=False)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, side)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_open(side, "w") as f:
+        f.write(f"# model parameters for {os.path.basename(dst)} (kvmcache convert)\n")
+        yaml.safe_dump(dict(params), f, sort_keys=False, default_flow_style=False)
     return side
 
 

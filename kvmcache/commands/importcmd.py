@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 
 import click
 import yaml
 
+from kvmcache.atomic import atomic_open
 from kvmcache.errors import KvmcacheError
 from kvmcache.trace.binary import BinaryWriter
 from kvmcache.trace.importers.mapping import PFN_MAPS, ImportOptions, ImportStats, parse_size
@@ -39,18 +39,8 @@ def _write_sidecar(path: str, stats: ImportStats) -> None:
         "producer": stats.producer,
         "vcpu_map": dict(stats.vcpu_map),
     }
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yaml.safe_dump(doc, f, sort_keys=False, default_flow_style=False, allow_unicode=True)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_open(path, "w") as f:
+        yaml.safe_dump(doc, f, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
 def summary(stats: ImportStats, header_line: str) -> str:

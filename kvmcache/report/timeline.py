@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from collections.abc import Sequence
 
+from kvmcache.atomic import atomic_open
 from kvmcache.sim.replay import ReplayResult
 
 #: CSV columns after `alloc`, in the kernel's T_* order.
@@ -31,24 +30,14 @@ def default_every(count: int | None, rows: int = 1000) -> int:
 
 def write_timeline(path: str, results: Sequence[ReplayResult]) -> int:
     """Write the timelines of one or more runs (one `alloc` column) atomically; returns rows."""
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     rows = 0
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(("alloc",) + TIMELINE_COLUMNS)
-            for r in results:
-                if r.timeline is None:
-                    continue
-                for sample in r.timeline.tolist():
-                    w.writerow([r.alloc, *sample])
-                    rows += 1
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_open(path, "w") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(("alloc",) + TIMELINE_COLUMNS)
+        for r in results:
+            if r.timeline is None:
+                continue
+            for sample in r.timeline.tolist():
+                w.writerow([r.alloc, *sample])
+                rows += 1
     return rows

@@ -21,6 +21,14 @@ import numpy as np
 from numba import njit
 
 from kvmcache.sim.counters import COUNTERS
+from kvmcache.trace.events import (
+    OP_FAULT,
+    OP_SPLIT,
+    OP_UNMAP,
+    OP_VCPU_CREATE,
+    OP_VCPU_DESTROY,
+    OP_VM_CREATE,
+)
 
 #: Every kernel function: cached on disk, GIL released, and compiled without numba's
 #: reference counting (NRT). The kernel allocates nothing; it only indexes the arrays
@@ -29,7 +37,7 @@ from kvmcache.sim.counters import COUNTERS
 JIT = {"cache": True, "nogil": True, "_nrt": False}
 
 # ---------------------------------------------------------------------------------------
-# Strategies, caches, roots, ops.
+# Strategies, caches, roots (op codes come from trace/events.py).
 
 S_NONE = 0
 S_INSTALL = 1
@@ -46,13 +54,6 @@ K_PAMT = 4
 MIRROR = 0
 DIRECT = 1
 
-OP_VM_CREATE = 1
-OP_VM_DESTROY = 2
-OP_VCPU_CREATE = 3
-OP_VCPU_DESTROY = 4
-OP_FAULT = 5
-OP_UNMAP = 6
-OP_SPLIT = 7
 
 # ---------------------------------------------------------------------------------------
 # Fixed layout of m. Parameters and sizes:

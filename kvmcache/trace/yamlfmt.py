@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import tempfile
 from array import array
 from collections.abc import Mapping
 from typing import Any
@@ -13,6 +11,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from kvmcache.atomic import atomic_open
 from kvmcache.errors import KvmcacheError
 from kvmcache.params import parse_mapping
 from kvmcache.trace import validate as v
@@ -567,37 +566,8 @@ def write_yaml(
     if params:
         head.append(f"params: {_flow(params)}\n")
     head.append("events:\n" if len(events) else "events: []\n")
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    try:
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
-        )
-    except OSError as e:
-        raise KvmcacheError(f"{path}: cannot write: {e.strerror or e}") from None
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(head)
-            step = 1 << 16
-            for start in range(0, len(events), step):
-                f.writelines(_event_lines(header, events[start : start + step]))
-        os.replace(tmp, path)
-    except OSError as e:
-        _unlink(tmp)
-        raise KvmcacheError(f"{path}: cannot write: {e.strerror or e}") from None
-    except BaseException:
-        _unlink(tmp)
-        raise
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    with atomic_open(path, "w") as f:
+        f.writelines(head)
+        step = 1 << 16
+        for start in range(0, len(events), step):
+            f.writelines(_event_lines(header, events[start : start + step]))
