@@ -528,6 +528,17 @@ def _topup(m, v):
 
 
 @njit(**JIT)
+def _needs_topup(m, v):
+    """Whether _topup(m, v) would add anything (a cheap check that LLVM inlines)."""
+    c = m[O_VCNT] + 5 * v
+    if m[c + K_DESC] < m[P_MIN_DESC] or m[c + K_SPT] < m[P_MIN_SPT]:
+        return True
+    if m[c + K_HEADER] < m[P_MIN_HEADER] or m[c + K_PAMT] < m[P_PAMT_TARGET]:
+        return True
+    return m[P_TDX] != 0 and m[P_STRAT] != S_PREALLOC and m[c + K_SEPT] < m[P_MIN_SEPT]
+
+
+@njit(**JIT)
 def _consume_header(m, v):
     ci = _vcnt(m, v, K_HEADER)
     n = m[ci]
@@ -948,7 +959,8 @@ def _fault(m, lf, v, gfn, pfn, g, private):
         m[C_FAULTS_SHARED] += 1
     if m[m[O_VLIVE] + v] == 0:
         _vcpu_create(m, v)
-    _topup(m, v)
+    if _needs_topup(m, v):
+        _topup(m, v)
     root = MIRROR if private else DIRECT
     for lv in range(1, 4):
         li = _leaf(m, root, lv, gfn)
