@@ -15,7 +15,7 @@ from rich.text import Text
 
 from kvmcache import __version__
 from kvmcache.report.jsonfmt import replay_document, trace_info
-from kvmcache.report.table import fmt_int, page_seconds
+from kvmcache.report.table import duration, fmt_int, page_seconds
 from kvmcache.sim.counters import COUNTERS
 from kvmcache.sim.replay import ReplayResult
 
@@ -210,7 +210,7 @@ def render_compare(
     head.append(f"  {h.vm_type}, root level {h.root_level}, ")
     head.append(f"{fmt_int(c['events'])} events, {fmt_int(c['vcpus_created'])} vCPUs")
     if first.ts_first is not None and first.ts_last is not None:
-        head.append(f", span {(first.ts_last - first.ts_first) / 1e9:,.6f} s")
+        head.append(f", span {duration(first.ts_last - first.ts_first)}")
     head.append("\nreference ")
     head.append(reference, style="bold magenta")
     notes = sorted({n for r in results for n in r.notes})

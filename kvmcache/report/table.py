@@ -19,8 +19,19 @@ def fmt_int(n: int) -> str:
 
 
 def page_seconds(page_ns: int) -> str:
-    """Idle page-nanoseconds as page-seconds, readable."""
-    return f"{page_ns / 1e9:,.3f}"
+    """Idle page-nanoseconds as page-seconds, readable (small values keep 3 significant digits)."""
+    value = page_ns / 1e9
+    if value == 0 or value >= 1:
+        return f"{value:,.3f}"
+    return f"{value:.3g}"
+
+
+def duration(ns: int) -> str:
+    """A span of nanoseconds in the unit that reads best."""
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("us", 1e3)):
+        if abs(ns) >= scale:
+            return f"{ns / scale:,.3f} {unit}"
+    return f"{ns} ns"
 
 
 def sparkline(values: list[int]) -> str:
@@ -72,7 +83,7 @@ def render_replay(result: ReplayResult, console: Console) -> None:
     h = result.header
     span = ""
     if result.ts_first is not None and result.ts_last is not None:
-        span = f"{(result.ts_last - result.ts_first) / 1e9:,.6f} s"
+        span = duration(result.ts_last - result.ts_first)
     head = Text()
     head.append(f"{h.path}", style="bold")
     head.append(f"  {h.vm_type}, root level {h.root_level}, ")

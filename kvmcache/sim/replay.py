@@ -7,7 +7,7 @@ the kernel updates fixed state arrays, and only the counters leave the loop.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -275,10 +275,3 @@ def all_strategies_for(header: TraceHeader) -> list[str]:
     from kvmcache.sim.counters import STRATEGIES
 
     return list(STRATEGIES) if header.is_tdx else ["none"]
-
-
-def iter_counters(results: Iterable[ReplayResult]) -> Iterable[tuple[str, list[int]]]:
-    """(counter, value per run) in COUNTERS order."""
-    results = list(results)
-    for name in COUNTERS:
-        yield name, [r.counters[name] for r in results]
