@@ -11,17 +11,13 @@ import yaml
 
 from kvmcache.atomic import atomic_open
 from kvmcache.errors import KvmcacheError
+from kvmcache.trace import import_sidecar_path
 from kvmcache.trace.binary import BinaryWriter
 from kvmcache.trace.importers.mapping import PFN_MAPS, ImportOptions, ImportStats, parse_size
 from kvmcache.trace.importers.sources import import_paths
 from kvmcache.trace.importers.text import FORMATS, SKIP_REASONS
 
 PAGE_SIZE = 4096
-
-
-def import_sidecar_path(path: str) -> str:
-    """Where the import records its sources, producer and vCPU map (read by `kvmcache info`)."""
-    return path + ".import.yaml"
 
 
 def _limit(text: str | None, option: str) -> int | None:

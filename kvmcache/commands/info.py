@@ -13,7 +13,7 @@ import yaml
 from kvmcache import __version__
 from kvmcache.errors import KvmcacheError
 from kvmcache.params import parse_mapping
-from kvmcache.trace import TraceSource, open_trace, sidecar_path
+from kvmcache.trace import TraceSource, import_sidecar_path, open_trace, sidecar_path
 from kvmcache.trace.events import (
     FLAG_PRIVATE,
     LEVEL_NAMES,
@@ -27,11 +27,6 @@ from kvmcache.trace.validate import Validator
 
 SCHEMA = "kvmcache.info/1"
 PAGE_SIZE = 4096
-
-
-def import_sidecar_path(path: str) -> str:
-    """Where `kvmcache import` records how it built a trace (vCPU map, source)."""
-    return path + ".import.yaml"
 
 
 def _load_import(path: str) -> dict[str, Any] | None:

@@ -100,6 +100,11 @@ def sidecar_path(path: str) -> str:
     return path + ".params.yaml"
 
 
+def import_sidecar_path(path: str) -> str:
+    """Where `kvmcache import` records its sources, producer and vCPU map (read by `info`)."""
+    return path + ".import.yaml"
+
+
 def _load_sidecar(header: TraceHeader) -> None:
     side = sidecar_path(header.path)
     if not os.path.exists(side):
