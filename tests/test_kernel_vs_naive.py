@@ -69,3 +69,46 @@ def test_kernel_equals_naive_on_random_traces(vm_type, root_level):
     base = {"tdx": 0, "vmx": 1_000_000}[vm_type] + root_level * 100_000
     for seed in range(base, base + TRACES_PER_CASE):
         _compare(seed, vm_type, root_level)
+
+
+def _both(header: TraceHeader, events, overrides=None):
+    params = dict(DEFAULTS)
+    params.update(overrides or {})
+    got = replay_many(InMemoryTrace(header, events), list(STRATEGIES), params=params)
+    for r, alloc in zip(got, STRATEGIES, strict=True):
+        want, hist = naive.replay(
+            header.vm_type,
+            header.root_level,
+            header.gfn_limit,
+            header.host_pfn_limit,
+            events,
+            params,
+            alloc,
+        )
+        assert r.counters == want, alloc
+        assert r.histograms["fault_pages"] == hist, alloc
+    return got
+
+
+def test_gfns_far_beyond_the_root_and_the_last_vcpu():
+    """gfns at 2^40 and 2^50 (>= 512^L, sparse tables) and vCPU 65535 work and agree."""
+    from kvmcache.trace.events import EVENT_DTYPE
+
+    rows = [
+        (0, 0, 0, 65535, 3, 0, 0),  # vcpu_create 65535
+        (1, 1 << 40, 0x1000, 65535, 5, 1, 1),  # private 4K fault at gfn 2^40
+        (2, (1 << 40) + 1, 0x1001, 65535, 5, 1, 1),
+        (3, 1 << 50, 0x200000, 0, 5, 2, 1),  # private 2M fault at 2^50 on vCPU 0
+        (4, (1 << 50) + 3, 0, 0, 7, 0, 1),  # split it
+        (5, (1 << 40) + 1, 0, 0, 6, 1, 1),  # unmap one 4K leaf
+        (6, 1 << 50, 0x300000, 1, 5, 2, 0),  # shared 2M fault at 2^50
+    ]
+    ev = np.zeros(len(rows), dtype=EVENT_DTYPE)
+    for i, (ts, gfn, pfn, vcpu, op, level, flags) in enumerate(rows):
+        ev[i] = (ts, gfn, pfn, vcpu, op, level, flags)
+    for root_level in (4, 5):
+        header = TraceHeader("tdx", root_level, (1 << 51), 1 << 24, path="far")
+        got = _both(header, ev)
+        c = got[1].counters  # dpamt-install
+        assert c["leaves_4k"] == 2 and c["leaves_2m"] == 2 and c["splits"] == 1
+        assert c["vcpus_created"] == 3 and c["leaked_ranges"] == 0  # 65535, 0 and 1
