@@ -6,8 +6,10 @@ the kernel updates fixed state arrays, and only the counters leave the loop.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -188,6 +190,58 @@ def _check_layout() -> None:
         )
 
 
+def _validated_chunks(
+    chunks: Iterable[np.ndarray], validator, depth: int = 1
+) -> Iterator[np.ndarray]:
+    """The chunks in order, read and validated on a background thread ``depth`` ahead.
+
+    The kernel releases the GIL, so reading and validating the next chunk overlaps with
+    replaying this one. An error (bad input, unreadable file) is raised here when the
+    consumer reaches the chunk it belongs to, so earlier chunks are replayed first, as
+    without the thread. At most ``depth + 1`` chunks are alive: memory stays constant.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        base = 0
+        try:
+            for chunk in chunks:
+                if validator is not None:
+                    validator.check(chunk, base)
+                if not put((chunk, None)):
+                    return
+                base += len(chunk)
+        except BaseException as e:  # handed to the consumer, raised there
+            put((None, e))
+            return
+        put((done, None))
+
+    worker = threading.Thread(target=work, name="kvmcache-reader", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, err = q.get()
+            if err is not None:
+                raise err
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+
+
 def replay_many(
     source: TraceSource,
     allocs: Sequence[str],
@@ -219,9 +273,7 @@ def replay_many(
     base = 0
     ts_first = ts_last = None
     try:
-        for chunk in source.chunks():
-            if validator is not None:
-                validator.check(chunk, base)
+        for chunk in _validated_chunks(source.chunks(), validator):
             if len(chunk):
                 if ts_first is None:
                     ts_first = int(chunk["ts"][0])
