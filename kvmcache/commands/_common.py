@@ -6,6 +6,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import click
 
@@ -13,10 +14,12 @@ from kvmcache.config import Config, load_config
 from kvmcache.params import parse_assignments
 from kvmcache.sim.counters import STRATEGIES
 
+F = TypeVar("F", bound=Callable[..., object])
+
 FORMATS = ("table", "json", "csv")
 
 
-def set_option(f):
+def set_option(f: F) -> F:
     return click.option(
         "--set",
         "sets",
@@ -26,7 +29,7 @@ def set_option(f):
     )(f)
 
 
-def config_option(f):
+def config_option(f: F) -> F:
     return click.option(
         "--config",
         "config_path",
@@ -35,7 +38,7 @@ def config_option(f):
     )(f)
 
 
-def format_option(f):
+def format_option(f: F) -> F:
     return click.option(
         "--format",
         "fmt",
@@ -45,13 +48,13 @@ def format_option(f):
     )(f)
 
 
-def strict_option(f):
+def strict_option(f: F) -> F:
     return click.option(
         "--strict", is_flag=True, help="Treat a trailing partial record as an error."
     )(f)
 
 
-def progress_option(f):
+def progress_option(f: F) -> F:
     return click.option("--no-progress", is_flag=True, help="Never show a progress bar.")(f)
 
 

@@ -361,7 +361,7 @@ def _value_text(v: Any) -> str:
 # --------------------------------------------------------------------------- charts
 
 
-def require_matplotlib():
+def require_matplotlib() -> type:
     """``matplotlib.figure.Figure`` with the Agg backend, or a usage error naming the extra."""
     try:
         import matplotlib

@@ -632,7 +632,7 @@ def _leaf(m, root, g, gfn):
 
 
 @njit(**JIT)
-def rehash(m):
+def rehash(m: np.ndarray) -> None:
     """Rebuild the table hash from the slot keys (after the driver enlarged it)."""
     base = m[O_HKEY]
     for h in range(m[Z_HCAP]):
@@ -1061,7 +1061,19 @@ def _split(m, lf, gfn, private):
 
 
 @njit(**JIT)
-def run_chunk(m, lf, u, ts, op, vcpu, gfn, pfn, level, flags, start):
+def run_chunk(
+    m: np.ndarray,
+    lf: np.ndarray,
+    u: np.ndarray,
+    ts: np.ndarray,
+    op: np.ndarray,
+    vcpu: np.ndarray,
+    gfn: np.ndarray,
+    pfn: np.ndarray,
+    level: np.ndarray,
+    flags: np.ndarray,
+    start: int,
+) -> tuple[int, int]:
     """Replay events [start, len) of one chunk. Returns (status, index in chunk).
 
     Status ST_OK: chunk done. ST_GROW_*: the driver must enlarge a region and call again
@@ -1164,7 +1176,7 @@ def _sample(m, t):
 
 
 @njit(**JIT)
-def final_sample(m, u):
+def final_sample(m: np.ndarray, u: np.ndarray) -> bool:
     """A timeline row for the end of the trace (before teardown) unless one was just taken."""
     if m[G_EVENTS] == 0 or m[G_NSAMPLES] >= m[P_NSAMPLES]:
         return False
@@ -1176,7 +1188,7 @@ def final_sample(m, u):
 
 
 @njit(**JIT)
-def finish(m, lf, teardown):
+def finish(m: np.ndarray, lf: np.ndarray, teardown: bool) -> int:
     """End of trace: snapshot the ``*_end`` counters, then tear the VM down if asked."""
     for k in range(5):
         m[C_CACHE0 + 6 * k + CF_END] = m[G_HELD + k]
@@ -1188,6 +1200,6 @@ def finish(m, lf, teardown):
 
 
 @njit(**JIT)
-def layout_check():
+def layout_check() -> int:
     """Compiled-in layout sizes, compared with the Python side to catch a stale JIT cache."""
     return N_COUNTERS * 1000 + CB * 10 + Z_SLOTS % 10

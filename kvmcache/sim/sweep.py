@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -429,7 +430,7 @@ def run_processes(
     return out
 
 
-def import_dask():
+def import_dask() -> types.ModuleType:
     """``dask.distributed`` or a usage error naming the optional extra."""
     try:
         import dask.distributed as dd

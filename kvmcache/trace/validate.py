@@ -6,6 +6,8 @@ whichever format it came from.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from kvmcache.errors import KvmcacheError
@@ -24,6 +26,9 @@ from kvmcache.trace.events import (
     OP_VM_DESTROY,
     TraceHeader,
 )
+
+if TYPE_CHECKING:
+    from kvmcache.trace import TraceSource
 
 # --- problem texts (one place, used by the Validator and by the YAML reader) -----------------
 
@@ -159,7 +164,7 @@ class Validator:
         self.checked = max(self.checked, start + len(chunk))
 
 
-def validate_all(source) -> None:
+def validate_all(source: TraceSource) -> None:
     """Check every event of an opened trace (anything with ``header`` and ``chunks()``)."""
     v = Validator(source.header)
     start = 0
