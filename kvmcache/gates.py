@@ -374,9 +374,4 @@ def evaluate(
 
 def save_document(path: str, doc: Mapping[str, Any]) -> None:
     """Write a JSON report atomically: a temporary file in the same directory, then rename."""
-    try:
-        write_atomic(path, json.dumps(doc, indent=1) + "\n")
-    except KvmcacheError as e:
-        raise KvmcacheError(
-            f"{path}: cannot save baseline: {e.message.split(': ', 1)[-1]}"
-        ) from None
+    write_atomic(path, json.dumps(doc, indent=1) + "\n", what="save baseline")

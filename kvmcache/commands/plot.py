@@ -68,14 +68,14 @@ def command(
     if fmt == "table":
         text = plots.text_summary(data)
         if output:
-            from kvmcache.report.outfile import write_atomic
+            from kvmcache.atomic import write_atomic
 
             write_atomic(output, text)
         else:
             click.echo(text, nl=False)
         return
     payload = plots.render(data, fmt, title)
-    from kvmcache.report.outfile import write_atomic
+    from kvmcache.atomic import write_atomic
 
     assert output is not None
     write_atomic(output, payload)

@@ -191,7 +191,7 @@ def command(
         sweepfmt.render_table(result, Console(), sort_by)
         return
     if output:
-        from kvmcache.report.outfile import write_atomic
+        from kvmcache.atomic import write_atomic
 
         write_atomic(output, text)
     else:

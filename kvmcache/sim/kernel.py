@@ -88,7 +88,6 @@ G_VM = 34  # 0 no VM yet, 1 live, 2 destroyed
 G_ROOTS = 35
 G_ROOT_SPT_M = 36
 G_ROOT_SPT_D = 37
-G_HAVE_TS = 38
 G_IDLE = 39  # idle cache pages now
 G_HELD = 40  # .. 44: objects held per cache now
 G_LIVE = 45  # pages allocated - freed
@@ -97,9 +96,7 @@ G_CACHE_ONLY = 47  # ranges with refcount == cached_refs > 0
 G_IN_LOCK = 48
 G_FPAGES = 49  # pages obtained by the current locked section
 G_ERR = 50
-G_ERR_INDEX = 51
 G_ERR_ARG = 52
-G_EVENTS = 53  # events processed so far
 G_NSAMPLES = 54  # timeline samples written since the last flush
 G_NSLOTS = 55  # table slots in use
 G_NVSLOTS = 56  # vCPU slots in use
@@ -135,8 +132,6 @@ CB = 128
 HB = 256
 FIXED = 288  # first index of the variable regions
 
-N_P = 24
-N_G = 25
 MAX_VCPUS = 65536
 HMUL = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64 (Fibonacci hashing)
 SLOT_MARGIN = 16  # table slots one event can create, at most (L - 1 links or a split)
@@ -460,8 +455,8 @@ def _topup_slab(m, v, k, minimum):
 
 
 @njit(**JIT)
-def _topup(m, v):
-    """Top up every cache of vCPU v, in MODEL.md 5.1 order."""
+def _fill_caches(m, v):
+    """Top up every cache of vCPU v, in MODEL.md 5.1 order (see _topup)."""
     strat = m[P_STRAT]
     tdx = m[P_TDX] != 0
     cap = m[P_CAPACITY]
@@ -529,13 +524,21 @@ def _topup(m, v):
 
 @njit(**JIT)
 def _needs_topup(m, v):
-    """Whether _topup(m, v) would add anything (a cheap check that LLVM inlines)."""
+    """Whether _fill_caches(m, v) would add anything to any cache."""
     c = m[O_VCNT] + 5 * v
     if m[c + K_DESC] < m[P_MIN_DESC] or m[c + K_SPT] < m[P_MIN_SPT]:
         return True
     if m[c + K_HEADER] < m[P_MIN_HEADER] or m[c + K_PAMT] < m[P_PAMT_TARGET]:
         return True
     return m[P_TDX] != 0 and m[P_STRAT] != S_PREALLOC and m[c + K_SEPT] < m[P_MIN_SEPT]
+
+
+@njit(**JIT)
+def _topup(m, v):
+    """Top-up (5.1) of vCPU v. Most calls find every cache at or above its minimum: that
+    check is small enough to inline, and the filling is called only when it is needed."""
+    if _needs_topup(m, v):
+        _fill_caches(m, v)
 
 
 @njit(**JIT)
@@ -820,6 +823,20 @@ def _vcpu_create(m, v):
 
 
 @njit(**JIT)
+def _free_page_stack(m, v, k, row):
+    """Free every page of vCPU v's page cache k (its stack starts at m[row]), newest first."""
+    ci = _vcnt(m, v, k)
+    n = m[ci]
+    while n > 0:
+        n -= 1
+        m[ci] = n
+        m[G_HELD + k] -= 1
+        m[G_IDLE] -= 1
+        m[C_CACHE0 + 6 * k + CF_FREED] += 1
+        _free_page(m, m[row + n])
+
+
+@njit(**JIT)
 def _vcpu_destroy(m, v):
     strat = m[P_STRAT]
     # slab caches: counts only
@@ -829,17 +846,7 @@ def _vcpu_destroy(m, v):
         m[C_CACHE0 + 6 * k + CF_FREED] += n
         m[G_HELD + k] -= n
         m[ci] = 0
-    # spt, newest first
-    ci = _vcnt(m, v, K_SPT)
-    row = m[O_SPT] + v * m[Z_SPT]
-    n = m[ci]
-    while n > 0:
-        n -= 1
-        m[ci] = n
-        m[G_HELD + K_SPT] -= 1
-        m[G_IDLE] -= 1
-        m[C_CACHE0 + 6 * K_SPT + CF_FREED] += 1
-        _free_page(m, m[row + n])
+    _free_page_stack(m, v, K_SPT, m[O_SPT] + v * m[Z_SPT])
     # sept, newest first
     ci = _vcnt(m, v, K_SEPT)
     row = m[O_SEPT] + v * m[Z_SEPT]
@@ -861,17 +868,8 @@ def _vcpu_destroy(m, v):
                 _cached_add(m, p >> 9, -1)
                 _put_range(m, p >> 9)
             _free_page(m, p)
-    # pamt (or the shared list), newest first
-    ci = _vcnt(m, v, K_PAMT)
-    row = m[O_PAMT] + v * m[Z_PAMT]
-    n = m[ci]
-    while n > 0:
-        n -= 1
-        m[ci] = n
-        m[G_HELD + K_PAMT] -= 1
-        m[G_IDLE] -= 1
-        m[C_CACHE0 + 6 * K_PAMT + CF_FREED] += 1
-        _free_page(m, m[row + n])
+    # pamt (or the shared list)
+    _free_page_stack(m, v, K_PAMT, m[O_PAMT] + v * m[Z_PAMT])
     # control pages, in allocation order
     if m[P_TDX] != 0:
         row = m[O_VCTRL] + v * m[Z_VCTRL]
@@ -959,8 +957,7 @@ def _fault(m, lf, v, gfn, pfn, g, private):
         m[C_FAULTS_SHARED] += 1
     if m[m[O_VLIVE] + v] == 0:
         _vcpu_create(m, v)
-    if _needs_topup(m, v):
-        _topup(m, v)
+    _topup(m, v)
     root = MIRROR if private else DIRECT
     for lv in range(1, 4):
         li = _leaf(m, root, lv, gfn)
@@ -1128,13 +1125,12 @@ def run_chunk(
             return ST_ERROR, i
         # Time: idle pages after the previous event x the gap to this one.
         t = ts[i]
-        if m[G_HAVE_TS] != 0:
+        if m[C_EVENTS] > 0:  # not the first event: the gap from the previous one
             last = u[U_LAST_TS]
             if t < last:
                 m[C_TS_BACKWARDS] += 1
             elif m[G_IDLE] > 0 and t > last:
                 _add_page_ns(u, m[G_IDLE], t - last)
-        m[G_HAVE_TS] = 1
         u[U_LAST_TS] = t
         m[C_EVENTS] += 1
         if o == OP_FAULT:
@@ -1153,10 +1149,9 @@ def run_chunk(
             _vm_create(m)
         else:
             _vm_destroy(m, lf)
-        m[G_EVENTS] += 1
         if m[G_ERR] != E_NONE:
             return ST_ERROR, i
-        if every > 0 and m[G_EVENTS] % every == 0:
+        if every > 0 and m[C_EVENTS] % every == 0:
             _sample(m, t)
     return ST_OK, n
 
@@ -1164,7 +1159,7 @@ def run_chunk(
 @njit(**JIT)
 def _sample(m, t):
     row = m[O_SAMPLES] + m[G_NSAMPLES] * N_T
-    m[row + T_INDEX] = m[G_EVENTS]
+    m[row + T_INDEX] = m[C_EVENTS]
     m[row + T_TS] = np.int64(t)
     m[row + T_LIVE] = m[G_LIVE]
     m[row + T_IDLE] = m[G_IDLE]
@@ -1178,10 +1173,10 @@ def _sample(m, t):
 @njit(**JIT)
 def final_sample(m: np.ndarray, u: np.ndarray) -> bool:
     """A timeline row for the end of the trace (before teardown) unless one was just taken."""
-    if m[G_EVENTS] == 0 or m[G_NSAMPLES] >= m[P_NSAMPLES]:
+    if m[C_EVENTS] == 0 or m[G_NSAMPLES] >= m[P_NSAMPLES]:
         return False
     every = m[P_SAMPLE_EVERY]
-    if every > 0 and m[G_EVENTS] % every == 0:
+    if every > 0 and m[C_EVENTS] % every == 0:
         return False
     _sample(m, u[U_LAST_TS])
     return True

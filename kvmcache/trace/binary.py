@@ -6,12 +6,12 @@ import io
 import os
 import struct
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 import numpy as np
 
+from kvmcache.atomic import temp_beside, unlink_quietly
 from kvmcache.errors import KvmcacheError
 from kvmcache.trace.events import EVENT_DTYPE, VM_TYPES, TraceHeader
 
@@ -284,14 +284,7 @@ class BinaryWriter:
         self.path = path
         self.header = header
         self.count = 0
-        directory = os.path.dirname(os.path.abspath(path)) or "."
-        try:
-            fd, self._tmp = tempfile.mkstemp(
-                prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
-            )
-        except OSError as e:
-            raise KvmcacheError(f"{path}: cannot write: {e.strerror or e}") from None
-        _default_mode(self._tmp)
+        fd, self._tmp = temp_beside(path)
         self._f: io.BufferedWriter = os.fdopen(fd, "wb")
         self._f.write(pack_header(header, 0, False))
         self._closed = False
@@ -320,10 +313,7 @@ class BinaryWriter:
         if self._closed:
             return
         self._f.close()
-        try:
-            os.unlink(self._tmp)
-        except OSError:
-            pass
+        unlink_quietly(self._tmp)
         self._closed = True
 
     def __enter__(self) -> BinaryWriter:
@@ -334,16 +324,6 @@ class BinaryWriter:
             self.close()
         else:
             self.abort()
-
-
-def _default_mode(path: str) -> None:
-    """mkstemp makes 0600 files; give the output the usual 0666 & ~umask instead."""
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(path, 0o666 & ~umask)
-    except OSError:
-        pass
 
 
 def write_binary(path: str, header: TraceHeader, events: np.ndarray) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 import queue
-import re
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from kvmcache.trace.events import (
     TraceHeader,
     empty,
 )
+from kvmcache.trace.sizes import size_bytes
 
 #: Scenario name -> one-line description (``kvmcache synth --list``).
 SCENARIOS: dict[str, str] = {
@@ -86,12 +86,6 @@ _YAML_EXTS = (".yaml", ".yml")
 
 # --- sizes ------------------------------------------------------------------------------------
 
-_UNITS: dict[str, int] = {"": 1, "b": 1}
-for _i, _u in enumerate("kmgt", start=1):
-    for _suffix in (_u, _u + "b", _u + "ib"):
-        _UNITS[_suffix] = 1 << (10 * _i)
-_SIZE_RE = re.compile(r"^\s*(0x[0-9a-f]+|[0-9]+)\s*([a-z]*)\s*$", re.IGNORECASE)
-
 
 def parse_size(text: str | int, what: str = "size") -> int:
     """Bytes of a size such as ``4GiB``, ``512M``, ``0x1000 K`` or ``4096`` (units are powers of 1024)."""
@@ -101,16 +95,13 @@ def parse_size(text: str | int, what: str = "size") -> int:
         if text < 0:
             raise KvmcacheError(f"bad {what} {text}: must not be negative")
         return text
-    m = _SIZE_RE.match(str(text))
-    unit = m and _UNITS.get(m.group(2).lower())
-    if not m or unit is None:
+    size = size_bytes(str(text), unit_required=False)
+    if size is None:
         raise KvmcacheError(
             f"bad {what} {text!r}: expected a number and a unit B, K/KB/KiB, M/MB/MiB, "
             "G/GB/GiB or T/TB/TiB, such as 4GiB"
         )
-    digits = m.group(1)
-    number = int(digits, 16) if digits[:2].lower() == "0x" else int(digits, 10)
-    return number * unit
+    return size
 
 
 def _fmt_size(nbytes: int) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from array import array
 from collections.abc import Mapping
 from typing import Any
@@ -36,6 +35,7 @@ from kvmcache.trace.events import (
     VM_TYPES,
     TraceHeader,
 )
+from kvmcache.trace.sizes import size_bytes
 
 #: The C loader when PyYAML was built with libyaml (same YAML 1.1 rules, much faster).
 Loader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -52,10 +52,6 @@ REQUIRED: dict[int, tuple[str, ...]] = {
     OP_VCPU_CREATE: ("vcpu",),
     OP_VCPU_DESTROY: ("vcpu",),
 }
-_UNITS = {"b": 0, "k": 10, "m": 20, "g": 30, "t": 40}
-_SIZE_RE = re.compile(
-    r"^\s*(0x[0-9a-f]+|[0-9]+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)\s*$", re.IGNORECASE
-)
 
 
 class _Problem(Exception):
@@ -102,15 +98,13 @@ def parse_size(value: Any, key: str) -> int:
         if value < 0:
             raise _Problem(f"{key} {value} is negative")
         return value
-    m = _SIZE_RE.match(value)
-    if m is None:
+    size = size_bytes(value, unit_required=True)
+    if size is None:
         raise _Problem(
             f"{key} {value!r} is not a size (a decimal or 0x number and a unit "
             "B, K/KB/KiB, M/MB/MiB, G/GB/GiB or T/TB/TiB)"
         )
-    digits = m.group(1)
-    number = int(digits[2:], 16) if digits[:2].lower() == "0x" else int(digits, 10)
-    return number << _UNITS[m.group(2)[0].lower()]
+    return size
 
 
 def _op(value: Any) -> int:

@@ -8,7 +8,6 @@ source, resolves vCPUs, applies the private/shared rules, sorts by time and size
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from kvmcache.trace.importers.text import (
     SKIP_UNKNOWN,
     LineReader,
 )
+from kvmcache.trace.sizes import size_bytes
 
 PFN_MAPS = ("identity", "hugepage", "random")
 SHARED_BITS = (47, 51)
@@ -71,19 +71,15 @@ _MMU_NAMES = frozenset(
 )
 _SCALE = (0,) + tuple(10 ** (9 - n) for n in range(1, 10))  # fraction digits -> ns factor
 
-_UNITS = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40}
-_SIZE = re.compile(r"\s*(0x[0-9a-f]+|\d+)\s*(?:(b)|([kmgt])(?:i?b)?)?\s*$", re.IGNORECASE)
-
 
 def parse_size(text: str, what: str = "size") -> int:
     """Bytes from ``4GiB``, ``512M``, ``0x1000 K`` or a plain byte count (units are powers of 1024)."""
-    m = _SIZE.match(text)
-    if m is None:
+    size = size_bytes(text, unit_required=False)
+    if size is None:
         raise KvmcacheError(
             f"{what} {text!r} is not a size (a number and a unit B, K/KiB, M/MiB, G/GiB or T/TiB)"
         )
-    unit = (m.group(2) or m.group(3) or "").lower()
-    return int(m.group(1), 0) << _UNITS[unit]
+    return size
 
 
 @dataclass

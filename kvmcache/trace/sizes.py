@@ -1,0 +1,24 @@
+"""The one size grammar (INTERFACES.md section 2): a decimal or 0x number, optional spaces,
+and a unit B, K/KB/KiB, M/MB/MiB, G/GB/GiB or T/TB/TiB (case-insensitive, powers of 1024)."""
+
+from __future__ import annotations
+
+import re
+
+_UNIT = r"(b|kib|kb|k|mib|mb|m|gib|gb|g|tib|tb|t)"
+_NUMBER = r"^\s*(0x[0-9a-f]+|[0-9]+)\s*"
+_WITH_UNIT = re.compile(_NUMBER + _UNIT + r"\s*$", re.IGNORECASE)
+_UNIT_OPTIONAL = re.compile(_NUMBER + _UNIT + r"?\s*$", re.IGNORECASE)
+_SHIFT = {"b": 0, "k": 10, "m": 20, "g": 30, "t": 40}
+
+
+def size_bytes(text: str, *, unit_required: bool) -> int | None:
+    """Bytes of ``text``, or None when it is not a size. Without ``unit_required`` a bare
+    number is a byte count (the command-line form; YAML strings need a unit)."""
+    m = (_WITH_UNIT if unit_required else _UNIT_OPTIONAL).match(text)
+    if m is None:
+        return None
+    digits = m.group(1)
+    number = int(digits, 16) if digits[:2].lower() == "0x" else int(digits, 10)
+    unit = (m.group(2) or "b").lower()
+    return number << _SHIFT[unit[0]]
