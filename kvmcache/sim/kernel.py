@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from kvmcache.sim.counters import COUNTERS
+from kvmcache.sim.counters import COUNTERS, N_COUNTERS
 from kvmcache.trace.events import (
     OP_FAULT,
     OP_SPLIT,
@@ -100,6 +100,7 @@ G_ERR_ARG = 52
 G_NSAMPLES = 54  # timeline samples written since the last flush
 G_NSLOTS = 55  # table slots in use
 G_NVSLOTS = 56  # vCPU slots in use
+G_LAYOUT = 57  # written by finish(): the layout this compiled code was built for
 # Region offsets (O_*) and sizes (Z_*):
 O_VLIVE = 64  # per vCPU slot
 O_VCNT = 65
@@ -173,7 +174,6 @@ N_T = 8
 
 # Counter indices (absolute in m).
 _I = {name: CB + i for i, name in enumerate(COUNTERS)}
-N_COUNTERS = len(COUNTERS)
 assert CB + N_COUNTERS <= HB
 C_EVENTS = _I["events"]
 C_FAULTS = _I["faults"]
@@ -224,6 +224,10 @@ C_TS_BACKWARDS = _I["ts_backwards"]
 C_UNDERFLOW = _I["refcount_underflow"]
 C_LEAKED = _I["leaked_ranges"]
 assert _I["desc_topups"] + 6 * 5 - 1 == _I["pamt_held_end"]
+#: numba caches compiled code per source file: if counters.py changes but this file does
+#: not, a stale cache would index old counter positions. finish() stores this value as
+#: compiled; the driver compares it with the value computed by Python now.
+LAYOUT = N_COUNTERS * 1000 + CB * 10 + FIXED % 10
 
 M32 = np.uint64(0xFFFFFFFF)
 SH32 = np.uint64(32)
@@ -1189,12 +1193,7 @@ def finish(m: np.ndarray, lf: np.ndarray, teardown: bool) -> int:
         m[C_CACHE0 + 6 * k + CF_END] = m[G_HELD + k]
     m[C_PAIRS_END] = m[G_PAIRS]
     m[C_IDLE_END] = m[G_IDLE]
+    m[G_LAYOUT] = LAYOUT
     if teardown and m[G_VM] == 1:
         _vm_destroy(m, lf)
     return m[G_ERR]
-
-
-@njit(**JIT)
-def layout_check() -> int:
-    """Compiled-in layout sizes, compared with the Python side to catch a stale JIT cache."""
-    return N_COUNTERS * 1000 + CB * 10 + Z_SLOTS % 10

@@ -17,7 +17,7 @@ import numpy as np
 
 from kvmcache import params as params_mod
 from kvmcache.errors import EXIT_INTERNAL, KvmcacheError
-from kvmcache.sim.counters import COUNTERS, DEFAULT_STRATEGY, N_COUNTERS
+from kvmcache.sim.counters import COUNTERS, DEFAULT_STRATEGY
 from kvmcache.trace import TraceSource
 from kvmcache.trace.events import TraceHeader
 
@@ -152,6 +152,12 @@ class _Run:
             K.final_sample(self.s.m, self.s.u)
             self._flush_samples()
         err = K.finish(self.s.m, self.s.lf, bool(self.params["teardown"]))
+        if self.s.m[K.G_LAYOUT] != K.LAYOUT:
+            raise KvmcacheError(
+                "the numba cache of kvmcache/sim/kernel.py is stale; "
+                "delete kvmcache/sim/__pycache__",
+                EXIT_INTERNAL,
+            )
         self.elapsed += time.perf_counter() - t0
         if err:
             raise KvmcacheError(
@@ -176,17 +182,6 @@ class _Run:
             elapsed=self.elapsed,
             timeline=timeline,
             notes=notes,
-        )
-
-
-def _check_layout() -> None:
-    from kvmcache.sim import kernel
-
-    want = N_COUNTERS * 1000 + kernel.CB * 10 + kernel.Z_SLOTS % 10
-    if kernel.layout_check() != want:
-        raise KvmcacheError(
-            "the numba cache of kvmcache/sim/kernel.py is stale; delete kvmcache/sim/__pycache__",
-            EXIT_INTERNAL,
         )
 
 
@@ -262,7 +257,6 @@ def replay_many(
     """
     header = source.header
     merged = dict(params) if params is not None else resolve_params(header, config, overrides)
-    _check_layout()
     runs = [_Run(header, merged, a, timeline_every) for a in allocs]
     validator = None
     if validate:
