@@ -9,8 +9,9 @@ source, resolves vCPUs, applies the private/shared rules, sorts by time and size
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import numpy as np
 
@@ -30,6 +31,7 @@ from kvmcache.trace.events import (
 )
 from kvmcache.trace.importers.text import (
     FORMATS,
+    KVM_KEYWORDS,
     SKIP_STACK,
     SKIP_UNKNOWN,
     LineReader,
@@ -45,6 +47,11 @@ RANDOM_SEED = 0x6B766D6361636865
 RANDOM_HOST_FACTOR = 4
 #: Events per numpy block while accumulating.
 BLOCK = 1 << 16
+#: Bytes read from a stream at a time.
+READ_BYTES = 4 << 20
+#: `feed_stream` reads this much in Python before it turns to the compiled fast lane: below
+#: it, loading numba (about 0.6 s) costs more than the fast lane saves.
+FAST_MIN_BYTES = 8 << 20
 
 #: SPTE values that mean "not present" when they replace a leaf: 0 and the suppress-#VE
 #: non-present value; 0x5a0 (and with bit 63) marks a child of a removed (zapped) table.
@@ -186,6 +193,8 @@ class Importer:
         self._spte_req = 0
         self._pf_with_vcpu = 0
         self._pf_without_vcpu = 0
+        # The fast lane's event-name table (kept across inputs): slots, name bytes, use.
+        self._fast_tables: tuple[np.ndarray, np.ndarray, list[int]] | None = None
         self._t0 = time.perf_counter()
 
     # --- threads ------------------------------------------------------------------------
@@ -242,11 +251,54 @@ class Importer:
 
     def feed(self, lines: Iterable[str], source: str = "<text>", fmt: str | None = None) -> None:
         """Read one input's lines (``source`` names it in messages and in the sidecar;
-        ``fmt`` overrides the options' format for this input)."""
+        ``fmt`` overrides the options' format for this input), all in Python."""
+        reader = self._reader(source, fmt)
+        try:
+            self._consume(reader, reader.batches(lines), len(self.stats.sources) - 1)
+        finally:
+            self._end_input(reader)
+
+    def feed_stream(
+        self,
+        stream: BinaryIO,
+        source: str = "<text>",
+        fmt: str | None = None,
+        *,
+        fast: bool | None = None,
+    ) -> None:
+        """Read one input from a binary stream of UTF-8 text. Plain ftrace / trace-cmd record
+        lines go through the compiled fast lane (:mod:`kvmcache.trace.importers.scan`), every
+        other line through :meth:`feed`'s Python path; the result is the same either way.
+        ``fast``: None turns to the fast lane after the first FAST_MIN_BYTES (small inputs
+        never load numba), False never uses it, True uses it from the first line."""
+        reader = self._reader(source, fmt)
+        src = len(self.stats.sources) - 1
+        try:
+            data = stream.read(READ_BYTES)
+            if fast is False:
+                self._consume(reader, reader.batches(_text_lines(data, stream)), src)
+            else:
+                _FastLane(self, reader, src, armed=bool(fast)).run(data, stream)
+        finally:
+            self._end_input(reader)
+
+    def _reader(self, source: str, fmt: str | None) -> LineReader:
         o = self.options
         reader = LineReader(fmt or o.format, strict=o.strict, source=source)
-        src = len(self.stats.sources)
         self.stats.sources.append(source)
+        return reader
+
+    def _end_input(self, reader: LineReader) -> None:
+        st = self.stats
+        st.lines += reader.lines
+        for reason, n in reader.skipped.items():
+            st.skipped[reason] = st.skipped.get(reason, 0) + n
+        st.lost_markers += reader.lost_markers
+        st.producers.append(reader.producer or "")
+
+    def _consume(self, reader: LineReader, batches: Iterable[list], src: int) -> None:
+        """Apply the mapping rules to the records of ``batches`` (from ``reader``) of input
+        number ``src``."""
         ts_l, kind_l, gfn_l, pfn_l, level_l, vcpu_l, thread_l, src_l, line_l = self._cols
         classify = self._classify
         classes = self._classes
@@ -259,7 +311,7 @@ class Importer:
         scale = _SCALE
         is_stack = LineReader.is_stack
         try:
-            for batch in reader.batches(lines):
+            for batch in batches:
                 for lineno, (comm, tid, cpu, _, sec, frac, system, event, vs, text) in batch:
                     c = classes.get(event)
                     if c is None:
@@ -396,15 +448,10 @@ class Importer:
                     self._flush_block()
         finally:
             st = self.stats
-            st.lines += reader.lines
-            for reason, n in reader.skipped.items():
-                st.skipped[reason] = st.skipped.get(reason, 0) + n
             st.skipped[SKIP_UNKNOWN] = st.skipped.get(SKIP_UNKNOWN, 0) + skipped_unknown
             st.skipped[SKIP_STACK] = st.skipped.get(SKIP_STACK, 0) + skipped_stack
             st.vcpu_lines += vcpu_lines
             st.event_lines += event_lines
-            st.lost_markers += reader.lost_markers
-            st.producers.append(reader.producer or "")
 
     def _flush_block(self) -> None:
         ts_l, kind_l, gfn_l, pfn_l, level_l, vcpu_l, thread_l, src_l, line_l = self._cols
@@ -643,6 +690,243 @@ def _label(comm: str | None, tid: str | None, cpu: str) -> str:
 
 def _excerpt(s: str, n: int = 60) -> str:
     return repr(s if len(s) <= n else s[:n] + "...")
+
+
+def _decode_lines(data: bytes) -> list[str]:
+    """The lines of complete UTF-8 text lines, as a text-mode file reads them (undecodable bytes
+    replaced, CR LF and lone CR read as line ends)."""
+    text = data.decode("utf-8", "replace")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def _text_lines(data: bytes, stream: BinaryIO) -> Iterator[str]:
+    """The text lines of ``data`` and then of the rest of ``stream``."""
+    carry = b""
+    while data:
+        buf = carry + data
+        cut = buf.rfind(b"\n") + 1
+        yield from _decode_lines(buf[:cut])
+        carry = buf[cut:]
+        data = stream.read(READ_BYTES)
+    if carry:
+        yield from _decode_lines(carry + b"\n")
+
+
+def _plain_tid(key: str) -> bool:
+    """True for a thread key the fast lane can know: a TID written as plain decimal."""
+    return key.isascii() and key.isdigit() and len(key) <= 9 and (key == "0" or key[0] != "0")
+
+
+class _FastLane:
+    """Drive one input through the compiled fast lane and the Python path, line by line in
+    input order, with one set of counters (docs/import.md, section "Speed")."""
+
+    OUT = 1 << 16  # events per output drain
+    NAME_SLOTS = 4096
+    NAME_BYTES = 1 << 18
+    AHEAD = 1024  # bytes read in Python at a time before the producer is known
+
+    def __init__(self, imp: Importer, reader: LineReader, src: int, armed: bool) -> None:
+        self.imp = imp
+        self.reader = reader
+        self.src = src
+        self.armed = False
+        if armed:
+            self._arm()
+
+    def _arm(self) -> None:
+        from kvmcache.trace.importers import scan
+
+        self.scan = scan
+        imp = self.imp
+        if imp._fast_tables is None:
+            ntab = np.full((self.NAME_SLOTS, 3), -1, dtype=np.int64)
+            imp._fast_tables = (ntab, np.zeros(self.NAME_BYTES, dtype=np.uint8), [0, 0])
+        self.ntab, self.names, self.name_use = imp._fast_tables
+        self.R = np.zeros(scan.N_REGS, dtype=np.int64)
+        self.F = np.zeros(2 * scan.NF, dtype=np.int64)
+        self.out_u = np.zeros((3, self.OUT), dtype=np.uint64)
+        self.out_i = np.zeros((5, self.OUT), dtype=np.int64)
+        self.n_threads = -1
+        self._sync()
+        self.armed = True
+
+    def run(self, data: bytes, stream: BinaryIO) -> None:
+        carry = b""
+        seen = 0
+        try:
+            while True:
+                eof = not data
+                buf = carry + data if carry else data
+                if eof:
+                    if not buf:
+                        break
+                    if not buf.endswith(b"\n"):
+                        buf += b"\n"
+                    end = len(buf)
+                else:
+                    end = buf.rfind(b"\n") + 1
+                if end:
+                    pos = self._block(buf, end, eof)
+                    carry = buf[pos:]
+                else:  # no line end yet
+                    carry = buf
+                if eof:
+                    break
+                seen += len(data)
+                if not self.armed and seen >= FAST_MIN_BYTES:
+                    self._arm()
+                data = stream.read(READ_BYTES)
+            held = self.reader.flush()
+            if held:
+                self.imp._consume(self.reader, [held], self.src)
+        finally:
+            if self.armed:
+                self._drain()
+                self._count()
+
+    def _slow(self, data: bytes) -> None:
+        reader = self.reader
+        self.imp._consume(reader, reader.batches(_decode_lines(data), final=False), self.src)
+        if self.armed:
+            self._sync()
+
+    def _block(self, buf: bytes, end: int, eof: bool) -> int:
+        """Take the lines of ``buf[:end]``; return where the lines not taken begin."""
+        if not self.armed:
+            self._slow(buf[:end])
+            return end
+        scan = self.scan
+        reader = self.reader
+        arr = np.frombuffer(buf, dtype=np.uint8)
+        R, F = self.R, self.F
+        pos = 0
+        while pos < end:
+            if not reader.ftrace_first:
+                seg_end = end  # perf layout: all in Python
+            elif reader.producer is None:
+                # Until the first KVM record names the producer, Python reads a few lines at
+                # a time (then up to the next plain record).
+                ahead = pos + self.AHEAD
+                seg_end = end if ahead >= end else scan.line_end(arr, ahead, end)
+                seg_end = scan.plain_from(arr, seg_end, end, F)
+            else:
+                seg_end = scan.plain_from(arr, pos, end, F)
+                if seg_end == pos:
+                    if reader.continuing:
+                        held = reader.flush()
+                        if held:
+                            self.imp._consume(reader, [held], self.src)
+                            self._sync()
+                    R[scan.R_POS] = pos
+                    R[scan.R_LINE] = reader.lines
+                    st = scan.scan(
+                        arr, end, eof, R, F, self.ttab, self.t_cur, self.ntab, self.names,
+                        self.out_u, self.out_i,
+                    )  # fmt: skip
+                    reader.lines = int(R[scan.R_LINE])
+                    pos = int(R[scan.R_POS])
+                    self._drain()
+                    if st == scan.ST_MORE:
+                        return pos
+                    if st == scan.ST_FULL:
+                        continue
+                    if st == scan.ST_NAME and self._name(arr, R[scan.R_NAME_S], R[scan.R_NAME_E]):
+                        continue
+                    # ST_SLOW (or a name the table cannot hold): this line goes to Python, with
+                    # every line up to the next plain record.
+                    seg_end = scan.plain_from(arr, scan.line_end(arr, pos, end), end, F)
+            self._slow(buf[pos:seg_end])
+            pos = seg_end
+        return pos
+
+    def _name(self, arr: np.ndarray, s: int, e: int) -> bool:
+        """Put the event name ``arr[s:e]`` in the fast lane's table; False when full."""
+        scan = self.scan
+        n = e - s
+        count, off = self.name_use
+        if 2 * (count + 1) > len(self.ntab) or off + n > len(self.names):
+            return False
+        name = arr[s:e].tobytes().decode("ascii")
+        imp = self.imp
+        c = imp._classes.get(name)
+        if c is None:
+            c = imp._classify("", name)
+        if c in (C_KVM, C_MMU) and not any(k in name for k in KVM_KEYWORDS):
+            # Known as KVM from a perf `kvmmmu:` record, but the Python reader only looks at a
+            # plain line for KVM records when it names a keyword: let it decide.
+            c = scan.C_ASK
+        self.names[off : off + n] = arr[s:e]
+        scan.name_insert(self.ntab, self.names, off, n, c)
+        self.name_use[:] = [count + 1, off + n]
+        return True
+
+    def _sync(self) -> None:
+        """Bring the fast lane's thread table and vCPUs up to date with the Python path's."""
+        imp = self.imp
+        if len(imp._t_cur) != self.n_threads:
+            self.n_threads = len(imp._t_cur)
+            keys = [(int(k), t) for k, t in imp._tindex.items() if _plain_tid(k)]
+            cap = 64
+            while cap < 2 * len(keys) + 2:
+                cap *= 2
+            self.ttab = np.full((cap, 2), -1, dtype=np.int64)
+            if keys:
+                tids, index = zip(*keys, strict=True)
+                self.scan.thread_fill(
+                    self.ttab, np.array(tids, dtype=np.int64), np.array(index, dtype=np.int64)
+                )
+        self.t_cur = np.array(imp._t_cur + [-1], dtype=np.int64)
+
+    def _drain(self) -> None:
+        """Move the fast lane's events into the importer's blocks, after the Python path's."""
+        scan = self.scan
+        n = int(self.R[scan.R_NOUT])
+        if not n:
+            return
+        imp = self.imp
+        imp._flush_block()
+        u, i = self.out_u, self.out_i
+        imp._blocks.append(
+            (
+                u[scan.U_TS, :n].copy(),
+                i[scan.I_KIND, :n].astype(np.uint8),
+                u[scan.U_GFN, :n].copy(),
+                u[scan.U_PFN, :n].copy(),
+                i[scan.I_LEVEL, :n].astype(np.uint8),
+                i[scan.I_VCPU, :n].copy(),
+                i[scan.I_THREAD, :n].copy(),
+                np.full(n, self.src, dtype=np.int32),
+                i[scan.I_LINE, :n].copy(),
+            )
+        )
+        self.R[scan.R_NOUT] = 0
+
+    def _count(self) -> None:
+        """Add the fast lane's counters to the importer's."""
+        scan = self.scan
+        R = [int(x) for x in self.R]
+        imp = self.imp
+        st = imp.stats
+        st.vcpu_lines += R[scan.R_VCPU_LINES]
+        st.event_lines += R[scan.R_EVENT_LINES]
+        st.skipped[SKIP_UNKNOWN] = st.skipped.get(SKIP_UNKNOWN, 0) + R[scan.R_UNKNOWN]
+        imp._spte_req += R[scan.R_SPTE_REQ]
+        imp._pf_with_vcpu += R[scan.R_PF_WITH]
+        imp._pf_without_vcpu += R[scan.R_PF_WITHOUT]
+        if R[scan.R_SEEN_MMU]:
+            imp._seen_mmu = True
+        for name, reg in (
+            ("kvm_tdp_mmu_spte_changed", scan.R_NOEV_CHG),
+            ("kvm_mmu_split_huge_page", scan.R_NOEV_SPLIT),
+        ):
+            if R[reg]:
+                st.no_event[name] = st.no_event.get(name, 0) + R[reg]
 
 
 def import_text(

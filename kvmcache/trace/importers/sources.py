@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import BinaryIO
 
@@ -66,49 +66,51 @@ def _peek(stream: BinaryIO, n: int) -> bytes:
     return bytes(stream.peek(n)[:n])  # type: ignore[attr-defined]
 
 
-class _ToolLines:
-    """The text lines a converter program prints; the exit status is checked at the end."""
+class _ToolOutput:
+    """The standard output of a converter program, read as a binary stream; the exit status
+    is checked when the output ends."""
 
-    def __init__(self, argv: list[str], name: str) -> None:
+    def __init__(self, argv: list[str], name: str, stack: ExitStack) -> None:
         self.argv = argv
         self.name = name
+        err = stack.enter_context(tempfile.TemporaryFile())
+        try:
+            self.proc = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL
+            )
+        except OSError as e:
+            raise KvmcacheError(f"{name}: cannot run {argv[0]}: {e}") from None
+        self.err = err
+        stack.callback(self._stop)
 
-    def __iter__(self) -> Iterator[str]:
-        with tempfile.TemporaryFile() as err:
-            try:
-                proc = subprocess.Popen(
-                    self.argv,
-                    stdout=subprocess.PIPE,
-                    stderr=err,
-                    stdin=subprocess.DEVNULL,
-                    text=True,
-                    encoding="utf-8",
-                    errors="replace",
-                )
-            except OSError as e:
-                raise KvmcacheError(f"{self.name}: cannot run {self.argv[0]}: {e}") from None
-            assert proc.stdout is not None
-            try:
-                yield from proc.stdout
-            finally:
-                if proc.poll() is None:
-                    proc.stdout.close()
-                    proc.terminate()
-                proc.wait()
-            if proc.returncode != 0:
-                err.seek(0)
-                tail = err.read().decode("utf-8", "replace").strip().splitlines()
-                why = tail[-1] if tail else "no message"
-                cmd = " ".join([os.path.basename(self.argv[0]), *self.argv[1:-1]])
-                raise KvmcacheError(
-                    f"{self.name}: `{cmd} {self.name}` failed (exit {proc.returncode}): {why}"
-                )
+    def read(self, n: int = -1) -> bytes:
+        assert self.proc.stdout is not None
+        data = self.proc.stdout.read(n)
+        if not data:
+            self._check()
+        return data
+
+    def _stop(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdout is not None
+            self.proc.stdout.close()
+            self.proc.terminate()
+        self.proc.wait()
+
+    def _check(self) -> None:
+        code = self.proc.wait()
+        if code != 0:
+            self.err.seek(0)
+            tail = self.err.read().decode("utf-8", "replace").strip().splitlines()
+            why = tail[-1] if tail else "no message"
+            cmd = " ".join([os.path.basename(self.argv[0]), *self.argv[1:-1]])
+            raise KvmcacheError(f"{self.name}: `{cmd} {self.name}` failed (exit {code}): {why}")
 
 
 @contextmanager
-def open_lines(path: str) -> Iterator[tuple[Iterable[str], str | None]]:
-    """(lines, producer or None) of one input: a text file (maybe compressed), ``-`` for
-    standard input, or a binary `trace.dat` / `perf.data` rendered by its own tool."""
+def open_text(path: str) -> Iterator[tuple[BinaryIO, str | None]]:
+    """(binary stream of text, producer or None) of one input: a text file (maybe compressed),
+    ``-`` for standard input, or a binary `trace.dat` / `perf.data` rendered by its own tool."""
     name = "<stdin>" if path == "-" else path
     with ExitStack() as stack:
         if path == "-":
@@ -149,15 +151,12 @@ def open_lines(path: str) -> Iterator[tuple[Iterable[str], str | None]]:
                     shutil.copyfileobj(stream, spool)
                     spool.flush()
                     file = spool.name
-                yield _ToolLines([exe, *cmd[1:], file], name), producer
+                yield _ToolOutput([exe, *cmd[1:], file], name, stack), producer  # type: ignore[misc]
                 return
-        text = io.TextIOWrapper(stream, encoding="utf-8", errors="replace")
         try:
-            yield text, None
+            yield stream, None
         except _DECOMPRESS_ERRORS as e:
             raise KvmcacheError(f"{name}: cannot read: {e}") from None
-        finally:
-            text.detach()
 
 
 def import_paths(
@@ -167,6 +166,6 @@ def import_paths(
     options = options or ImportOptions()
     imp = Importer(options)
     for path in paths:
-        with open_lines(path) as (lines, producer):
-            imp.feed(lines, "<stdin>" if path == "-" else path, fmt=producer)
+        with open_text(path) as (stream, producer):
+            imp.feed_stream(stream, "<stdin>" if path == "-" else path, fmt=producer)
     return imp.finish()

@@ -65,6 +65,8 @@ _CPU_EMPTY = re.compile(r"CPU\s*\d+ is empty$")
 _LOST = re.compile(r"CPU:?\s*\d+\s*\[(?:LOST \d+ EVENTS|\d+ EVENTS DROPPED)\]")
 
 _STACK_EVENTS = frozenset(("kernel_stack", "user_stack"))
+#: A line naming none of these is never read as a KVM record (the reader's fast path below).
+KVM_KEYWORDS = ("kvm", "mmio_", "_page_fault")
 _STACK_RECORD = re.compile(r"(?:kernel|user)_stack:|<(?:user )?stack trace>")
 
 
@@ -86,6 +88,15 @@ class LineReader:
         self.lost_markers = 0
         self.skipped: dict[str, int] = dict.fromkeys(SKIP_REASONS, 0)
         self._saw_cpus = False
+        # Continuation state between calls of batches(final=False): the last line was a KVM
+        # record (held back in ``_pending``: continuation lines may still extend it) or a
+        # record of another event; ``_base`` is the held record as first read, ``_extra``
+        # its continuation lines so far.
+        self._last_kvm = False
+        self._last_foreign = False
+        self._pending: Record | None = None
+        self._base: Record | None = None
+        self._extra: list[str] = []
         if fmt == "perf-script":
             self._heads: tuple[re.Pattern, ...] = (_PERF_HEAD,)
         elif fmt in ("ftrace", "trace-cmd"):
@@ -99,29 +110,37 @@ class LineReader:
         if self.strict:
             raise KvmcacheError(f"{self.source}:{lineno}: unparseable {what}")
 
-    def batches(self, lines: Iterable[str], size: int = 4096) -> Iterator[list[Record]]:
+    def batches(
+        self, lines: Iterable[str], size: int = 4096, final: bool = True
+    ) -> Iterator[list[Record]]:
         """Yield the KVM records of ``lines`` in order, in lists of up to ``size``, each with its
         continuation lines joined; count every other line (records of other events included)
-        in ``skipped``. Batching keeps the generator's cost off the per-line path."""
+        in ``skipped``. Batching keeps the generator's cost off the per-line path.
+
+        With ``final=False`` more lines follow in a later call: a KVM record at the end is held
+        back (the next lines may continue it) and the continuation state carries over;
+        :meth:`flush` returns the held record when the caller knows that a new record follows.
+        """
         first_rx, *others = self._heads
         first = first_rx.match
         other = others[0].match if others else None
         any_head = _ANY_HEAD.match
         finish = self._finish
-        batch: list[Record] = []
+        batch: list[Record] = [self._pending] if self._pending is not None else []
         append = batch.append
         # The last line was a KVM record (the last in ``batch``: continuations extend it) or a
         # record of another event (continuations are skipped); ``base`` is that KVM record
         # as first read and ``extra`` its continuation lines so far.
-        last_kvm = last_foreign = False
-        base: Record | None = None
-        extra: list[str] = []
+        last_kvm, last_foreign = self._last_kvm, self._last_foreign
+        base, extra = self._base, self._extra
+        self._pending = None
         start = self.lines + 1
         lineno = self.lines
         n_cont = n_header = n_stack = n_unknown = 0
         try:
             for lineno, line in enumerate(lines, start):
-                # Fast path: a line that names no KVM event is not a record we map.
+                # Fast path: a line that names no KVM event is not a record we map (the test
+                # of KVM_KEYWORDS, written out).
                 if "kvm" in line or "mmio_" in line or "_page_fault" in line:
                     m = first(line)
                     if m is None and other is not None:
@@ -176,6 +195,12 @@ class LineReader:
                     elif last_foreign:
                         n_cont += 1
                     else:
+                        if self.strict and batch:
+                            # The records before this line go first: with --strict the error
+                            # names the first unparseable line, which may be among them.
+                            yield batch
+                            batch = []
+                            append = batch.append
                         self.unparseable(lineno, f"line (not a trace record): {_excerpt(s)}")
                     continue
                 last_kvm = last_foreign = False
@@ -183,14 +208,40 @@ class LineReader:
                     n_stack += 1
                 else:
                     n_header += 1
+            if not final and last_kvm:
+                self._pending = batch.pop()
+                self._base, self._extra = base, extra
+            else:
+                self._base, self._extra = None, []
+            self._last_kvm, self._last_foreign = last_kvm, last_foreign
             if batch:
                 yield batch
+            if final:
+                self._last_kvm = self._last_foreign = False
         finally:
             self.lines = lineno
             self.skipped[SKIP_CONTINUATION] += n_cont
             self.skipped[SKIP_HEADER] += n_header
             self.skipped[SKIP_STACK] += n_stack
             self.skipped[SKIP_UNKNOWN] += n_unknown
+
+    def flush(self) -> list[Record]:
+        """End the continuation state (a new record follows): the held-back record, if any."""
+        held = [self._pending] if self._pending is not None else []
+        self._pending = self._base = None
+        self._extra = []
+        self._last_kvm = self._last_foreign = False
+        return held
+
+    @property
+    def ftrace_first(self) -> bool:
+        """True while a line is tried as an ftrace / trace-cmd record before a perf one."""
+        return self._heads[0] is _FTRACE_HEAD
+
+    @property
+    def continuing(self) -> bool:
+        """True while a next line could still continue an earlier record."""
+        return self._last_kvm or self._last_foreign
 
     def records(self, lines: Iterable[str]) -> Iterator[Record]:
         """The records of :meth:`batches`, one by one."""

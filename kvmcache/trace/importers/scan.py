@@ -1,0 +1,657 @@
+"""The compiled fast lane of the text importer: plain ftrace / trace-cmd record lines, parsed
+straight from the bytes of the input.
+
+Python's `re` costs about 2.5 us per record line for the header alone, so a pure-Python
+importer cannot read 300,000 lines a second. This module parses the common case in numba:
+one record per line, in the `COMM-PID [(TGID)] [CPU] [FLAGS] SECONDS.FRACTION: EVENT: TEXT`
+layout, printable ASCII only, of an event name and a thread the importer already knows, with
+no vCPU change. It applies exactly the rules of :meth:`Importer._consume
+<kvmcache.trace.importers.mapping.Importer._consume>` to those lines (counting them and
+emitting their events) and hands every other line back to the Python path, which stays the
+one definition of the rules: a line it cannot classify alone (a new thread, a vCPU change,
+an event name not seen yet, a header, a wrapped or stack line, an unparseable record, a
+perf layout) ends the fast run, and the Python reader takes over until the next plain
+record. A record is only taken here when the line after it is a plain record too, so no
+continuation line can belong to it. See docs/import.md, section "Speed".
+
+numba is imported by this module only, and only when an import is large enough to use it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from kvmcache.trace.importers.mapping import (
+    C_KVM,
+    C_MMU,
+    C_PF,
+    C_SPLIT,
+    C_SPTE_CHG,
+    C_SPTE_REQ,
+    C_UNKNOWN,
+    K_FAULT,
+    K_PF,
+    K_SPLIT,
+    K_UNMAP,
+)
+
+#: Every function: cached on disk, GIL released, no reference counting (nothing allocates).
+_jit = njit(cache=True, nogil=True, _nrt=False)
+
+# Status of scan().
+ST_MORE = 0  # the block is used up (R_POS: the first line not taken; carry it over)
+ST_SLOW = 1  # the line at R_POS goes to the Python path
+ST_NAME = 2  # the event name at R_NAME_S..R_NAME_E is not in the name table yet
+ST_FULL = 3  # the event output is full: drain it and call again
+
+# Registers (R, int64).
+R_POS = 0  # byte offset of the next line
+R_LINE = 1  # number of the last line taken (the reader's line count)
+R_NOUT = 2  # events in the output
+R_VCPU_LINES = 3
+R_EVENT_LINES = 4
+R_UNKNOWN = 5
+R_SPTE_REQ = 6
+R_PF_WITH = 7
+R_PF_WITHOUT = 8
+R_SEEN_MMU = 9
+R_NOEV_CHG = 10
+R_NOEV_SPLIT = 11
+R_NAME_S = 12
+R_NAME_E = 13
+N_REGS = 14
+
+# Parsed header fields of one line (F, int64; two lines side by side, at 0 and NF).
+F_NEXT = 0  # offset of the next line
+F_EOL = 1  # end of the text (the newline, or the CR of a CRLF)
+F_TID = 2  # thread id, -1 unless plain decimal (no leading zero, at most 9 digits)
+F_SEC_S = 3
+F_SEC_E = 4
+F_FRAC_E = 5  # the fraction runs from F_SEC_E + 1 to here
+F_EV_S = 6
+F_EV_E = 7
+F_TXT = 8
+F_VCPU = 9  # N of a text starting `vcpu N`; -1 without, -2 when N has 10 digits or more
+F_START = 10
+NF = 11
+
+# Event classes in the name table are the mapping's C_*, plus one that sends the line to the
+# Python path (a KVM / kvmmmu name the Python reader would not look at on every line).
+C_ASK = max(C_UNKNOWN, C_KVM, C_MMU, C_SPTE_REQ, C_SPTE_CHG, C_SPLIT, C_PF) + 1
+
+# Output columns (the event kinds are the mapping's K_*).
+U_TS, U_GFN, U_PFN = range(3)  # out_u rows (uint64)
+I_KIND, I_LEVEL, I_VCPU, I_THREAD, I_LINE = range(5)  # out_i rows (int64)
+
+_SCALE = np.array([0] + [10 ** (9 - n) for n in range(1, 10)], dtype=np.int64)
+_MAX_SEC = 9_000_000_000  # seconds * 1e9 + fraction stays below 2**63
+
+_L_GFN = np.frombuffer(b"gfn", dtype=np.uint8)
+_L_PFN = np.frombuffer(b"pfn", dtype=np.uint8)
+_L_LEVEL = np.frombuffer(b"level", dtype=np.uint8)
+_L_AS = np.frombuffer(b"as", dtype=np.uint8)
+_L_OLD = np.frombuffer(b"old_spte", dtype=np.uint8)
+_L_NEW = np.frombuffer(b"new_spte", dtype=np.uint8)
+_L_SPTE = np.frombuffer(b"spte", dtype=np.uint8)
+_L_ERRNO = np.frombuffer(b"errno", dtype=np.uint8)
+_L_ADDRESS = np.frombuffer(b"address", dtype=np.uint8)
+_L_STACK = np.frombuffer(b"stack", dtype=np.uint8)
+
+_U0 = np.uint64(0)
+_SPTE_PERM = np.uint64(0x7)
+_SPTE_PAGE = np.uint64(0x80)
+_NP_A = np.uint64(0)
+_NP_B = np.uint64(1 << 63)
+_RM_A = np.uint64(0x5A0)
+_RM_B = np.uint64((1 << 63) | 0x5A0)
+
+
+# --- bytes -------------------------------------------------------------------------------------
+
+
+@_jit
+def _ws(c):
+    return c == 32 or c == 9
+
+
+@_jit
+def _digit(c):
+    return 48 <= c <= 57
+
+
+@_jit
+def _word(c):
+    """A character of `[\\w.-]` (the lines here are ASCII)."""
+    return (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or c == 95 or c == 46 or c == 45
+
+
+@_jit
+def _eq(buf, s, e, lit):
+    n = e - s
+    if n != len(lit):
+        return False
+    for i in range(n):
+        if buf[s + i] != lit[i]:
+            return False
+    return True
+
+
+@_jit
+def _contains(buf, s, e, lit):
+    n = len(lit)
+    for i in range(s, e - n + 1):
+        if buf[i] == lit[0]:
+            j = 1
+            while j < n and buf[i + j] == lit[j]:
+                j += 1
+            if j == n:
+                return True
+    return False
+
+
+@_jit
+def _tok(buf, p, e):
+    """(start, end) of the next blank-separated token at or after ``p``; start == e: none."""
+    while p < e and _ws(buf[p]):
+        p += 1
+    q = p
+    while q < e and not _ws(buf[q]):
+        q += 1
+    return p, q
+
+
+@_jit
+def _hex(buf, s, e):
+    """``int(token, 16)`` for a plain token (optional 0x, at most 16 significant digits):
+    (ok, value). Anything Python might read differently is not ok (the Python path decides)."""
+    if e - s >= 2 and buf[s] == 48 and (buf[s + 1] == 120 or buf[s + 1] == 88):
+        s += 2
+    if s >= e:
+        return False, _U0
+    v = _U0
+    sig = 0
+    for i in range(s, e):
+        c = buf[i]
+        if 48 <= c <= 57:
+            d = c - 48
+        elif 97 <= c <= 102:
+            d = c - 87
+        elif 65 <= c <= 70:
+            d = c - 55
+        else:
+            return False, _U0
+        if sig > 0 or d != 0:
+            sig += 1
+            if sig > 16:
+                return False, _U0
+        v = (v << np.uint64(4)) | np.uint64(d)
+    return True, v
+
+
+@_jit
+def _dec(buf, s, e):
+    """``int(token)`` for plain decimal digits (at most 18): (ok, value)."""
+    if s >= e or e - s > 18:
+        return False, 0
+    v = 0
+    for i in range(s, e):
+        c = buf[i]
+        if not (48 <= c <= 57):
+            return False, 0
+        v = v * 10 + (c - 48)
+    return True, v
+
+
+# --- one line's header ---------------------------------------------------------------------------
+
+
+@_jit
+def _head(buf, p, end, F, o):
+    """Parse the record header of the line at ``p`` into ``F[o:o + NF]``; True when the line is
+    a plain record (see the module docstring). ``F[o + F_NEXT]`` is set in every case."""
+    q = p
+    lb = -1
+    clean = True
+    while q < end:
+        c = buf[q]
+        if c == 10:
+            break
+        if c == 91 and lb < 0:
+            lb = q
+        if c < 32 or c > 126:
+            if not (c == 9 or (c == 13 and q + 1 < end and buf[q + 1] == 10)):
+                clean = False
+        q += 1
+    F[o + F_START] = p
+    F[o + F_NEXT] = q + 1 if q < end else end
+    if q >= end or not clean or lb < 0:
+        return False
+    eol = q - 1 if q > p and buf[q - 1] == 13 else q
+    F[o + F_EOL] = eol
+    # COMM-PID [(TGID)] before the first `[`.
+    i = p
+    while i < lb and _ws(buf[i]):
+        i += 1
+    j = lb - 1
+    if j < i or not _ws(buf[j]):
+        return False
+    while j >= i and _ws(buf[j]):
+        j -= 1
+    if j < i:
+        return False
+    if buf[j] == 41:  # `)`: a TGID column `([ \t]*[\d-]*[ \t]*)`
+        k = j - 1
+        while k >= i and _ws(buf[k]):
+            k -= 1
+        while k >= i and (_digit(buf[k]) or buf[k] == 45):
+            k -= 1
+        while k >= i and _ws(buf[k]):
+            k -= 1
+        if k < i or buf[k] != 40:
+            return False
+        j = k - 1
+        if j < i or not _ws(buf[j]):
+            return False
+        while j >= i and _ws(buf[j]):
+            j -= 1
+        if j < i:
+            return False
+    d_end = j + 1
+    while j >= i and _digit(buf[j]):
+        j -= 1
+    if j + 1 == d_end or j < i or buf[j] != 45:
+        return False
+    d_start = j + 1
+    nd = d_end - d_start
+    if nd > 9 or (nd > 1 and buf[d_start] == 48):
+        F[o + F_TID] = -1
+    else:
+        t = 0
+        for k in range(d_start, d_end):
+            t = t * 10 + (buf[k] - 48)
+        F[o + F_TID] = t
+    # [CPU]
+    k = lb + 1
+    while k < eol and _digit(buf[k]):
+        k += 1
+    if k == lb + 1 or k >= eol or buf[k] != 93:
+        return False
+    k += 1
+    if k >= eol or not _ws(buf[k]):
+        return False
+    while k < eol and _ws(buf[k]):
+        k += 1
+    # [FLAGS] SECONDS.FRACTION:
+    te = k
+    while te < eol and not _ws(buf[te]):
+        te += 1
+    ts_at = -1
+    if 4 <= te - k <= 5 and te < eol:
+        k2 = te
+        while k2 < eol and _ws(buf[k2]):
+            k2 += 1
+        if _stamp(buf, k2, eol, F, o):
+            ts_at = k2
+    if ts_at < 0:
+        if not _stamp(buf, k, eol, F, o):
+            return False
+    k = F[o + F_FRAC_E] + 1  # after the colon
+    # EVENT:
+    while k < eol and _ws(buf[k]):
+        k += 1
+    s = k
+    while k < eol and _word(buf[k]):
+        k += 1
+    if k == s or k >= eol or buf[k] != 58:
+        return False
+    F[o + F_EV_S] = s
+    F[o + F_EV_E] = k
+    k += 1
+    while k < eol and _ws(buf[k]):
+        k += 1
+    F[o + F_TXT] = k
+    # `vcpu N` at the start of the text.
+    F[o + F_VCPU] = -1
+    if (
+        k + 5 < eol
+        and buf[k] == 118
+        and buf[k + 1] == 99
+        and buf[k + 2] == 112
+        and buf[k + 3] == 117
+        and buf[k + 4] == 32
+        and _digit(buf[k + 5])
+    ):
+        m = k + 5
+        v = 0
+        while m < eol and _digit(buf[m]):
+            v = v * 10 + (buf[m] - 48)
+            m += 1
+        F[o + F_VCPU] = v if m - (k + 5) <= 9 else -2
+    return True
+
+
+@_jit
+def _stamp(buf, k, eol, F, o):
+    """`(\\d+)\\.(\\d+):` at ``k``: its spans into F; False when absent."""
+    s = k
+    while k < eol and _digit(buf[k]):
+        k += 1
+    if k == s or k >= eol or buf[k] != 46:
+        return False
+    dot = k
+    k += 1
+    f = k
+    while k < eol and _digit(buf[k]):
+        k += 1
+    if k == f or k >= eol or buf[k] != 58:
+        return False
+    F[o + F_SEC_S] = s
+    F[o + F_SEC_E] = dot
+    F[o + F_FRAC_E] = k
+    return True
+
+
+@_jit
+def _nanoseconds(buf, F, o):
+    """The timestamp in ns, or -1 when the Python path must decide (huge, > 9 digits)."""
+    s = F[o + F_SEC_S]
+    dot = F[o + F_SEC_E]
+    fe = F[o + F_FRAC_E]
+    if dot - s > 10 or fe - (dot + 1) > 9:
+        return -1
+    sec = 0
+    for i in range(s, dot):
+        sec = sec * 10 + (buf[i] - 48)
+    if sec >= _MAX_SEC:
+        return -1
+    frac = 0
+    for i in range(dot + 1, fe):
+        frac = frac * 10 + (buf[i] - 48)
+    return sec * 1_000_000_000 + frac * _SCALE[fe - (dot + 1)]
+
+
+# --- tables ------------------------------------------------------------------------------------
+
+
+@_jit
+def _fnv(buf, s, e):
+    h = np.uint64(0xCBF29CE484222325)
+    for i in range(s, e):
+        h = (h ^ np.uint64(buf[i])) * np.uint64(0x100000001B3)
+    return h
+
+
+@_jit
+def name_lookup(ntab, names, buf, s, e):
+    """The class of the event name ``buf[s:e]``, or -1 when it is not in the table.
+    ``ntab`` rows (one per slot): class (-1: empty), offset and length in ``names``."""
+    cap = ntab.shape[0]
+    h = np.int64(_fnv(buf, s, e) & np.uint64(cap - 1))
+    n = e - s
+    while True:
+        c = ntab[h, 0]
+        if c < 0:
+            return -1
+        if ntab[h, 2] == n:
+            off = ntab[h, 1]
+            same = True
+            for i in range(n):
+                if names[off + i] != buf[s + i]:
+                    same = False
+                    break
+            if same:
+                return c
+        h = (h + 1) & (cap - 1)
+
+
+@_jit
+def name_insert(ntab, names, off, n, cls):
+    """Add the name at ``names[off:off + n]`` with class ``cls`` (the caller keeps the table
+    at most half full)."""
+    cap = ntab.shape[0]
+    h = np.int64(_fnv(names, off, off + n) & np.uint64(cap - 1))
+    while ntab[h, 0] >= 0:
+        h = (h + 1) & (cap - 1)
+    ntab[h, 0] = cls
+    ntab[h, 1] = off
+    ntab[h, 2] = n
+
+
+@_jit
+def _thread(ttab, tid):
+    """The importer's index of thread ``tid``, or -1. ``ttab`` rows: tid (-1: empty), index."""
+    if tid < 0:
+        return -1
+    cap = ttab.shape[0]
+    h = (tid * 0x9E3779B1) & (cap - 1)
+    while True:
+        k = ttab[h, 0]
+        if k == tid:
+            return ttab[h, 1]
+        if k < 0:
+            return -1
+        h = (h + 1) & (cap - 1)
+
+
+@_jit
+def thread_fill(ttab, tids, index):
+    """Fill an empty thread table (at most half full afterwards)."""
+    cap = ttab.shape[0]
+    for i in range(len(tids)):
+        h = (tids[i] * 0x9E3779B1) & (cap - 1)
+        while ttab[h, 0] >= 0:
+            h = (h + 1) & (cap - 1)
+        ttab[h, 0] = tids[i]
+        ttab[h, 1] = index[i]
+
+
+# --- the fast run ------------------------------------------------------------------------------
+
+
+@_jit
+def line_end(buf, p, end):
+    """Offset of the line after the one at ``p``."""
+    while p < end and buf[p] != 10:
+        p += 1
+    return min(p + 1, end)
+
+
+@_jit
+def plain_from(buf, p, end, F):
+    """Offset of the first line at or after ``p`` that is a plain record (``end`` if none)."""
+    while p < end:
+        if _head(buf, p, end, F, 0):
+            return p
+        p = F[F_NEXT]
+    return end
+
+
+@_jit
+def scan(buf, end, eof, R, F, ttab, t_cur, ntab, names, out_u, out_i):
+    """Take plain record lines from ``R[R_POS]`` on; return a status ``ST_*``."""
+    p = R[R_POS]
+    if not _head(buf, p, end, F, 0):
+        return ST_SLOW
+    cap = out_u.shape[1]
+    a = 0  # where in F the current line's fields are; the next line's are at NF - a
+    while True:
+        b = NF - a
+        nxt = F[a + F_NEXT]
+        if nxt >= end:
+            if not eof:
+                return ST_MORE
+        elif not _head(buf, nxt, end, F, b):
+            return ST_SLOW
+        st = _take(buf, R, F, a, ttab, t_cur, ntab, names, out_u, out_i, cap)
+        if st != ST_MORE:
+            return st
+        R[R_LINE] += 1
+        R[R_POS] = nxt
+        if nxt >= end:
+            return ST_MORE
+        a = b
+
+
+@_jit
+def _take(buf, R, F, a, ttab, t_cur, ntab, names, out_u, out_i, cap):
+    """Apply the mapping to one plain line (fields at ``F[a:]``): ST_MORE when it was taken."""
+    s = F[a + F_EV_S]
+    e = F[a + F_EV_E]
+    c = name_lookup(ntab, names, buf, s, e)
+    if c < 0:
+        R[R_NAME_S] = s
+        R[R_NAME_E] = e
+        return ST_NAME
+    if c == C_ASK:
+        return ST_SLOW
+    if c == C_UNKNOWN:
+        if _contains(buf, F[a + F_START], F[a + F_EOL], _L_STACK):
+            return ST_SLOW
+        R[R_UNKNOWN] += 1
+        return ST_MORE
+    vs = F[a + F_VCPU]
+    if c == C_KVM or c == C_MMU:
+        if c == C_MMU:
+            R[R_SEEN_MMU] = 1
+        if vs == -1:
+            R[R_UNKNOWN] += 1
+            return ST_MORE
+        t = _thread(ttab, F[a + F_TID])
+        if vs < 0 or t < 0 or t_cur[t] != vs:
+            return ST_SLOW
+        R[R_VCPU_LINES] += 1
+        return ST_MORE
+    # A mapped event.
+    if c != C_PF:
+        R[R_SEEN_MMU] = 1
+    ts = _nanoseconds(buf, F, a)
+    if ts < 0:
+        return ST_SLOW
+    te = F[a + F_EOL]
+    pfn = _U0
+    level = 1
+    if c == C_SPTE_REQ:  # gfn %llx pfn %llx level %d
+        s0, e0 = _tok(buf, F[a + F_TXT], te)
+        s1, e1 = _tok(buf, e0, te)
+        s2, e2 = _tok(buf, e1, te)
+        s3, e3 = _tok(buf, e2, te)
+        s4, e4 = _tok(buf, e3, te)
+        s5, e5 = _tok(buf, e4, te)
+        if not (_eq(buf, s0, e0, _L_GFN) and _eq(buf, s2, e2, _L_PFN)):
+            return ST_SLOW
+        if not _eq(buf, s4, e4, _L_LEVEL):
+            return ST_SLOW
+        ok1, gfn = _hex(buf, s1, e1)
+        ok2, pfn = _hex(buf, s3, e3)
+        ok3, level = _dec(buf, s5, e5)
+        if not (ok1 and ok2 and ok3):
+            return ST_SLOW
+        if level == 2:
+            pfn &= ~np.uint64(0x1FF)
+        elif level == 3:
+            pfn &= ~np.uint64(0x3FFFF)
+        elif level != 1:
+            return ST_SLOW
+        kind = K_FAULT
+    elif c == C_SPTE_CHG:  # as id %d gfn %llx level %d old_spte %llx new_spte %llx
+        s0, e0 = _tok(buf, F[a + F_TXT], te)
+        s1, e1 = _tok(buf, e0, te)
+        s2, e2 = _tok(buf, e1, te)
+        s3, e3 = _tok(buf, e2, te)
+        s4, e4 = _tok(buf, e3, te)
+        s5, e5 = _tok(buf, e4, te)
+        s6, e6 = _tok(buf, e5, te)
+        s7, e7 = _tok(buf, e6, te)
+        s8, e8 = _tok(buf, e7, te)
+        s9, e9 = _tok(buf, e8, te)
+        s10, e10 = _tok(buf, e9, te)
+        if not (_eq(buf, s0, e0, _L_AS) and _eq(buf, s3, e3, _L_GFN)):
+            return ST_SLOW
+        if not (_eq(buf, s5, e5, _L_LEVEL) and _eq(buf, s7, e7, _L_OLD)):
+            return ST_SLOW
+        if not _eq(buf, s9, e9, _L_NEW) or s1 == e1:
+            return ST_SLOW
+        ok1, as_id = _dec(buf, s2, e2)
+        ok2, gfn = _hex(buf, s4, e4)
+        ok3, level = _dec(buf, s6, e6)
+        ok4, old = _hex(buf, s8, e8)
+        ok5, new = _hex(buf, s10, e10)
+        if not (ok1 and ok2 and ok3 and ok4 and ok5):
+            return ST_SLOW
+        if not (
+            as_id == 0
+            and 1 <= level <= 3
+            and (old & _SPTE_PERM) != _U0
+            and (level == 1 or (old & _SPTE_PAGE) != _U0)
+            and (new == _NP_A or new == _NP_B or new == _RM_A or new == _RM_B)
+        ):
+            R[R_NOEV_CHG] += 1
+            return ST_MORE
+        kind = K_UNMAP
+    elif c == C_SPLIT:  # gfn %llx spte %llx level %d errno %d
+        s0, e0 = _tok(buf, F[a + F_TXT], te)
+        s1, e1 = _tok(buf, e0, te)
+        s2, e2 = _tok(buf, e1, te)
+        s3, e3 = _tok(buf, e2, te)
+        s4, e4 = _tok(buf, e3, te)
+        s5, e5 = _tok(buf, e4, te)
+        s6, e6 = _tok(buf, e5, te)
+        s7, e7 = _tok(buf, e6, te)
+        if not (_eq(buf, s0, e0, _L_GFN) and _eq(buf, s2, e2, _L_SPTE)):
+            return ST_SLOW
+        if not (_eq(buf, s4, e4, _L_LEVEL) and _eq(buf, s6, e6, _L_ERRNO)):
+            return ST_SLOW
+        ok1, gfn = _hex(buf, s1, e1)
+        ok2, spte = _hex(buf, s3, e3)
+        ok3, level = _dec(buf, s5, e5)
+        ok4, errno = _dec(buf, s7, e7)
+        if not (ok1 and ok2 and ok3 and ok4):
+            return ST_SLOW
+        if errno != 0 or level != 2:
+            R[R_NOEV_SPLIT] += 1
+            return ST_MORE
+        kind = K_SPLIT
+    else:  # kvm_page_fault: `vcpu %u rip 0x%lx address 0x%016llx ...` or `address %lx ...`
+        p = F[a + F_TXT]
+        if vs >= 0:
+            for _ in range(4):
+                p = _tok(buf, p, te)[1]
+        elif vs != -1:
+            return ST_SLOW
+        s0, e0 = _tok(buf, p, te)
+        s1, e1 = _tok(buf, e0, te)
+        if not _eq(buf, s0, e0, _L_ADDRESS):
+            return ST_SLOW
+        ok1, addr = _hex(buf, s1, e1)
+        if not ok1:
+            return ST_SLOW
+        gfn = addr >> np.uint64(12)
+        kind = K_PF
+    t = _thread(ttab, F[a + F_TID])
+    if t < 0:
+        return ST_SLOW
+    if kind == K_PF and vs >= 0 and t_cur[t] != vs:
+        return ST_SLOW
+    n = R[R_NOUT]
+    if n >= cap:
+        return ST_FULL
+    out_u[U_TS, n] = np.uint64(ts)
+    out_u[U_GFN, n] = gfn
+    out_u[U_PFN, n] = pfn
+    out_i[I_KIND, n] = kind
+    out_i[I_LEVEL, n] = level
+    out_i[I_VCPU, n] = t_cur[t]
+    out_i[I_THREAD, n] = t
+    out_i[I_LINE, n] = R[R_LINE] + 1
+    R[R_NOUT] = n + 1
+    if kind == K_FAULT:
+        R[R_SPTE_REQ] += 1
+    if kind == K_PF:
+        if vs >= 0:
+            R[R_PF_WITH] += 1
+        else:
+            R[R_PF_WITHOUT] += 1
+    else:
+        R[R_EVENT_LINES] += 1
+    return ST_MORE
