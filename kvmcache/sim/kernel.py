@@ -112,8 +112,8 @@ O_TDCTRL = 70
 O_REFC = 71  # per 2 MiB host range
 O_PAIR = 72
 O_CACHED = 73
-O_HKEY = 74  # table hash: key + 1 (0 = empty) -> slot
-O_HVAL = 75
+O_HKEY = 74  # table hash, pairs of words: key + 1 (0 = empty), slot (one cache line)
+# (75: free)
 O_SKEY = 76  # per table slot: its key, spt pfn + 1, S-EPT pfn + 1
 O_SSPT = 77
 O_SSEPT = 78
@@ -589,7 +589,7 @@ def _hpos(m, key):
     h = ((key * HMUL) >> m[Z_HSHIFT]) & mask
     base = m[O_HKEY]
     while True:
-        kk = m[base + h]
+        kk = m[base + 2 * h]
         if kk == 0 or kk == key:
             return h
         h = (h + 1) & mask
@@ -598,23 +598,23 @@ def _hpos(m, key):
 @njit(**JIT)
 def _tfind(m, root, k, idx):
     """Slot of table (root, level k, idx), or -1 if it never existed."""
-    h = _hpos(m, _tkey(root, k, idx))
-    if m[m[O_HKEY] + h] == 0:
+    at = m[O_HKEY] + 2 * _hpos(m, _tkey(root, k, idx))
+    if m[at] == 0:
         return -1
-    return m[m[O_HVAL] + h]
+    return m[at + 1]
 
 
 @njit(**JIT)
 def _tslot(m, root, k, idx):
     """Slot of table (root, level k, idx), made on first use (present once its spt is set)."""
     key = _tkey(root, k, idx)
-    h = _hpos(m, key)
-    if m[m[O_HKEY] + h] != 0:
-        return m[m[O_HVAL] + h]
+    at = m[O_HKEY] + 2 * _hpos(m, key)
+    if m[at] != 0:
+        return m[at + 1]
     slot = m[G_NSLOTS]
     m[G_NSLOTS] = slot + 1
-    m[m[O_HKEY] + h] = key
-    m[m[O_HVAL] + h] = slot
+    m[at] = key
+    m[at + 1] = slot
     m[m[O_SKEY] + slot] = key
     return slot
 
@@ -642,13 +642,13 @@ def _leaf(m, root, g, gfn):
 def rehash(m: np.ndarray) -> None:
     """Rebuild the table hash from the slot keys (after the driver enlarged it)."""
     base = m[O_HKEY]
-    for h in range(m[Z_HCAP]):
+    for h in range(2 * m[Z_HCAP]):
         m[base + h] = 0
     for slot in range(m[G_NSLOTS]):
         key = m[m[O_SKEY] + slot]
-        h = _hpos(m, key)
-        m[base + h] = key
-        m[m[O_HVAL] + h] = slot
+        at = base + 2 * _hpos(m, key)
+        m[at] = key
+        m[at + 1] = slot
 
 
 @njit(**JIT)
@@ -1085,6 +1085,12 @@ def run_chunk(
     nv = m[P_NVCPU]
     tdx = m[P_TDX] != 0
     every = m[P_SAMPLE_EVERY]
+    # Sizes and offsets only the driver changes (between calls): kept out of the loop, whose
+    # stores to m the compiler cannot tell apart from them.
+    vmap = m[O_VMAP]
+    kmax = m[P_FSTACK] - m[P_GROW_MARGIN]
+    smax = m[Z_SLOTS] - SLOT_MARGIN
+    nsmax = m[P_NSAMPLES]
     n = ts.shape[0]
     for i in range(start, n):
         o = op[i]
@@ -1095,18 +1101,18 @@ def run_chunk(
             if vid >= MAX_VCPUS:
                 m[G_ERR] = E_BAD_VCPU
                 return ST_ERROR, i
-            vi = m[O_VMAP] + vid
+            vi = vmap + vid
             if m[vi] == 0:
                 if m[G_NVSLOTS] >= nv:
                     return ST_GROW_VCPUS, i
                 m[G_NVSLOTS] += 1
                 m[vi] = m[G_NVSLOTS]
             v = m[vi] - 1
-        if m[G_K] + m[P_GROW_MARGIN] > m[P_FSTACK]:
+        if m[G_K] > kmax:
             return ST_GROW_FSTACK, i
-        if m[G_NSLOTS] + SLOT_MARGIN > m[Z_SLOTS]:
+        if m[G_NSLOTS] > smax:
             return ST_GROW_TABLES, i
-        if every > 0 and m[G_NSAMPLES] >= m[P_NSAMPLES]:
+        if every > 0 and m[G_NSAMPLES] >= nsmax:
             return ST_SAMPLES_FULL, i
         private = (flags[i] & 1) != 0
         # Input errors that the model defines (sections 5, 7).

@@ -43,7 +43,6 @@ REGIONS = (
     ("pair", K.O_PAIR),
     ("cached", K.O_CACHED),
     ("hkey", K.O_HKEY),
-    ("hval", K.O_HVAL),
     ("skey", K.O_SKEY),
     ("sspt", K.O_SSPT),
     ("ssept", K.O_SSEPT),
@@ -105,8 +104,7 @@ def _sizes(m: np.ndarray) -> dict[str, int]:
         "refc": nr,
         "pair": 2 * nr,
         "cached": nr,
-        "hkey": nh,
-        "hval": nh,
+        "hkey": 2 * nh,  # key, slot pairs
         "skey": ns,
         "sspt": ns,
         "ssept": ns,
