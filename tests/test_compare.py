@@ -244,3 +244,15 @@ def test_missing_trace_is_usage_error(capsys, tmp_path):
     code, out, err = run(capsys, "compare", missing)
     assert code == 2 and out == ""
     assert err == f"kvmcache: error: {missing}: no such file\n"
+
+
+def test_table_to_a_pipe_is_wide_enough_not_to_wrap(capsys, monkeypatch):
+    """Piped, the table is laid out for PIPE_WIDTH columns: one line per counter, every
+    strategy's value on it (rich alone would wrap it at 80)."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    code, out, err = run(capsys, "compare", G07, "--format", "table", "--no-progress")
+    assert code == 0, err
+    rows = [line for line in out.splitlines() if "PAMT.ADD" in line]
+    assert len(rows) == 1
+    assert rows[0].count("│") >= len(STRATEGIES) + 1
+    assert max(len(line) for line in out.splitlines()) <= 160

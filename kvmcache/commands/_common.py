@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 from kvmcache.config import Config, load_config
 from kvmcache.params import parse_assignments
 from kvmcache.sim.counters import STRATEGIES
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -130,3 +134,17 @@ def echo_out(text: str) -> None:
     """Write a report to standard output (reports only; diagnostics go to stderr)."""
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
     sys.stdout.flush()
+
+
+#: Width of a table written to a pipe or file (rich would use 80 columns and wrap the wide
+#: compare and sweep tables); COLUMNS, when set, still wins.
+PIPE_WIDTH = 160
+
+
+def out_console() -> Console:
+    """A rich console for a report on standard output."""
+    from rich.console import Console
+
+    if not sys.stdout.isatty() and not os.environ.get("COLUMNS"):
+        return Console(width=PIPE_WIDTH)
+    return Console()

@@ -101,9 +101,7 @@ def command(
 
         common.echo_out(render(results))
     else:
-        from rich.console import Console
-
         from kvmcache.report.compare import render_compare
 
-        render_compare(results, reference, Console(), all_counters=all_counters)
+        render_compare(results, reference, common.out_console(), all_counters=all_counters)
     gating.finish(gate, doc, doc["runs"])

@@ -140,8 +140,9 @@ def _none(value: Any) -> str:
 
 def render_table(doc: dict[str, Any]) -> None:
     """Print the info document as a rich table on standard output."""
-    from rich.console import Console
     from rich.table import Table
+
+    from kvmcache.commands._common import out_console
 
     t = doc["trace"]
     table = Table(title="kvmcache info", show_header=True, title_justify="left")
@@ -198,7 +199,7 @@ def render_table(doc: dict[str, Any]) -> None:
     for section in rows:
         for i, (k, val) in enumerate(section):
             table.add_row(k, val, end_section=i == len(section) - 1)
-    Console().print(table)
+    out_console().print(table)
 
 
 @click.command("info")

@@ -88,9 +88,7 @@ def command(
 
         common.echo_out(render([result]))
     else:
-        from rich.console import Console
-
         from kvmcache.report.table import render_replay
 
-        render_replay(result, Console())
+        render_replay(result, common.out_console())
     gating.finish(gate, doc, [doc])

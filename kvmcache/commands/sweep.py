@@ -186,9 +186,7 @@ def command(
     elif output or not sys.stdout.isatty():  # a file or a pipe: plain text, wide enough
         text = sweepfmt.table_text(result, sort_by)
     else:
-        from rich.console import Console
-
-        sweepfmt.render_table(result, Console(), sort_by)
+        sweepfmt.render_table(result, common.out_console(), sort_by)
         return
     if output:
         from kvmcache.atomic import write_atomic
