@@ -105,6 +105,31 @@ def bench_working_set() -> list[Row]:
     return rows
 
 
+SYNTH_EVENTS = 8_000_000
+
+
+def bench_synth(tmp: str) -> list[Row]:
+    """Every scenario into a new binary file (the old one removed first, outside the timing)."""
+    rows = []
+    path = os.path.join(tmp, "synth.kvmt")
+    for scenario in synth.SCENARIOS:
+
+        def once(scenario: str = scenario) -> None:
+            header, blocks = synth.generate(scenario, events=SYNTH_EVENTS, seed=2, vcpus=4)
+            synth.write(path, header, blocks)
+
+        times = []
+        for _ in range(REPEAT):
+            if os.path.exists(path):
+                os.unlink(path)
+            t0 = time.perf_counter()
+            once()
+            times.append(time.perf_counter() - t0)
+        rate = SYNTH_EVENTS / statistics.median(times)
+        rows.append(row(f"synth {scenario} into a new binary file", rate, "events/s", 20e6))
+    return rows
+
+
 def _write_trace(path: str, n: int) -> None:
     header, blocks = synth.generate("steady", events=n, seed=2, vcpus=4)
     synth.write(path, header, blocks)
@@ -253,6 +278,7 @@ def main() -> None:
             bench_kernel,
             bench_working_set,
             lambda: bench_end_to_end(tmp),
+            lambda: bench_synth(tmp),
             lambda: bench_import(tmp),
             bench_sweep,
         ):

@@ -1,10 +1,11 @@
 """Synthetic guest-fault traces (`kvmcache synth`): seeded scenarios streamed as event blocks.
 
 One numba kernel generates every scenario, a block of events per call. It merges per-vCPU
-clocks (a min-heap) into non-decreasing timestamps and keeps a compact model of what is mapped
-(a bitmap of 4 KiB leaves and a flags word per 2 MiB region, per root) that follows MODEL.md
-section 5, so every unmap names a present leaf and every split a present 2 MiB leaf. Memory is
-sized from the guest memory, never from the event count. docs/synth.md describes the model.
+clocks (a scan, or a min-heap for many vCPUs) into non-decreasing timestamps and keeps a compact
+model of what is mapped (a bitmap of 4 KiB leaves and a word per 2 MiB region, per root) that
+follows MODEL.md section 5, so every unmap names a present leaf and every split a present 2 MiB
+leaf. Memory is sized from the guest memory, never from the event count. docs/synth.md
+describes the model.
 
 This is the only module of ``kvmcache.trace`` that imports numba; the CLI imports it only
 when ``kvmcache synth`` runs.
@@ -77,6 +78,10 @@ YAML_EVENT_LIMIT = 100_000
 #: freed blocks (a fresh 32 MiB block costs thousands of page faults) and large enough to
 #: amortise a kernel call.
 BLOCK_EVENTS = 1 << 18
+#: How write() generates a binary trace: into WRITE_BUFFERS buffers of WRITE_BLOCK_EVENTS events
+#: (1 MiB), reused, so that they stay in the CPU caches between the kernel and the write.
+WRITE_BUFFERS = 4
+WRITE_BLOCK_EVENTS = 1 << 15
 #: Largest guest memory: the mapped-leaf bitmaps take guest_memory / 16384 bytes (256 MiB).
 MAX_GUEST_MEMORY = 4 << 40
 MAX_HOST_MEMORY = 1 << 60
@@ -124,47 +129,49 @@ _SCENARIO_CODE = {
 B_HUGE, B_CONTIG, B_RANDOM = range(3)
 _BACKING_CODE = {"hugepage": B_HUGE, "4k-contiguous": B_CONTIG, "4k-random": B_RANDOM}
 
-# The kernel's whole state is one int64 array M, so that calls between its functions pass
-# little: the scalars below, then (at offsets kept in M) the per-vCPU rows, the clock heap,
-# the rings, the region flags, two lookup tables and the 4 KiB leaf bitmaps.
+# The kernel's whole state is one int64 array M. Its first N_PARAMS words are the parameters of
+# the generation (sizes, keys, the offsets of the sections of M), fixed once it starts; then come
+# the scalars that change, and at the offsets the parameters give: the per-vCPU rows, the clocks,
+# the rings, the region words, the working-set table and the 4 KiB leaf bitmaps. The kernel
+# functions read the parameters once into a tuple P (:func:`_params`), which the compiled code
+# keeps in registers: read from M, they would be reloaded after every store into M.
+N_PARAMS = 21
 (
-    S_SCEN,
-    S_TDX,
-    S_BACKING,
-    S_MAIN_REGS,  # regions [0, MAIN_REGS) are the main (private) area
-    S_WIN_REGS,  # regions [MAIN_REGS, MAIN_REGS + WIN_REGS) are the shared window
-    S_WIN_WS,  # regions of the window the guest actually uses
-    S_WS_REGS,  # working set (regions of the main area)
-    S_HPFNS,  # host pfns
-    S_HPFN_BITS,
-    S_BASE,  # 4k-contiguous: pfn = BASE + gfn
-    S_KEY_BACK,
-    S_PF,  # a fault is private when a 32-bit random number is below this
-    S_NVCPU,
-    S_NREG,
-    S_WORDS,  # bitmap words per root
-    S_REM,  # body events still to generate (all but vm_create and vm_destroy)
-    S_BODY,  # body events in total
+    P_SCEN,
+    P_BACKING,
+    P_MAIN_REGS,  # regions [0, MAIN_REGS) are the main (private) area
+    P_WIN_REGS,  # regions [MAIN_REGS, MAIN_REGS + WIN_REGS) are the shared window
+    P_WIN_WS,  # regions of the window the guest actually uses
+    P_WS_REGS,  # working set (regions of the main area)
+    P_HPFNS,  # host pfns
+    P_HPFN_BITS,
+    P_BASE,  # 4k-contiguous: pfn = BASE + gfn
+    P_KEY_BACK,
+    P_PF,  # a fault is private when a 32-bit random number is below this
+    P_NVCPU,
+    P_NREG,
+    P_WORDS,  # bitmap words per root
+    P_BODY,  # body events in total (all but vm_create and vm_destroy)
+    P_VC,  # offsets of the sections of M
+    P_CLK,
+    P_RINGS,
+    P_REGS,
+    P_WS,  # table: working-set index -> main region (a seeded permutation)
+    P_BITS,
+) = range(N_PARAMS)
+(
+    S_REM,  # body events still to generate
     S_STARTED,
     S_DONE,
     S_LAST_TS,
     S_EXTRA,  # extra periods the current vCPU sleeps (churn downtime)
     S_FRESH,  # hugepage-split: regions of the working-set order used so far
     S_RNG,  # splitmix64 state (the bits of a uint64)
-    S_VC,  # offsets of the sections of M
-    S_HT,
-    S_HV,
-    S_RINGS,
-    S_REGS,
-    S_WS,  # table: working-set index -> main region (a seeded permutation)
-    S_HOSTREG,  # table, hugepage backing: guest region -> host region
-    S_BITS,
     S_RING_N,  # pushes per ring: N_RINGS slots from here
-) = range(32)
+) = range(N_PARAMS, N_PARAMS + 8)
 N_RINGS = 4
-S_ACT = S_RING_N + N_RINGS  # the actions of one tick: MAXK x (op, gfn, level, root)
+S_SIZE = S_RING_N + N_RINGS
 MAXK = 3  # most events one tick emits (split + unmap + fault)
-S_SIZE = S_ACT + 4 * MAXK
 
 F_PERIOD, F_JITTER = range(2)
 
@@ -172,15 +179,24 @@ F_PERIOD, F_JITTER = range(2)
 V_LIVE, V_CUR, V_LO, V_HI, V_RUN, V_LASTG, V_LASTL, V_LASTP = range(8)
 V_ROWS = 8
 
+# The vCPU clocks: with up to LIN_VCPUS vCPUs, the clock of vCPU v at P_CLK + v, and the next
+# tick is the smallest by a scan (no branch to mispredict); with more, a min-heap of (ts, vcpu),
+# the ts at P_CLK + i and the vCPU at P_CLK + nvcpu + i. Both give the smallest (ts, vcpu).
+LIN_VCPUS = 8
+
 # Rings of recently mapped things, sampled for unmaps and splits (entries: index * 2 + root).
 R_4K, R_2M, R_SPLIT, R_CONV = range(N_RINGS)
 RING = 1 << 16
 RING_MASK = RING - 1
 
 ROOT_DIRECT, ROOT_MIRROR = 0, 1
-# Per region and root: a 2 MiB leaf is present; a level-1 table exists; the guest maps the
-# region at 2 MiB when it can (set once, at the start, in both roots).
+# The word of a region in a root: flags (a 2 MiB leaf is present; a level-1 table exists; the
+# guest maps the region at 2 MiB when it can, set once at the start in both roots) and, with
+# hugepage backing, the host region behind the guest region (the same in both roots), so that
+# a fault finds both in one load.
 REG_LEAF2M, REG_TBL1, REG_HUGE = 1, 2, 4
+REG_HUGE_BIT = 2  # REG_HUGE == 1 << REG_HUGE_BIT
+REG_HOST_SHIFT = 8  # the host region above the flags (fits: at most 2**39 host regions)
 
 _P32 = 1 << 32
 _M32 = _P32 - 1
@@ -230,16 +246,52 @@ _PERM_MUL0, _PERM_MUL1, _PERM_MUL2 = (np.uint64(m) for m in _PERM_MUL)
 #   on every call of the per-event path would cost more than the work itself;
 # - helpers with explicit signatures (compiled, or loaded from the cache, at import): numba
 #   would otherwise compile one specialisation per combination of literal arguments;
-# - the scenario functions and the action step inlined into the loop (numba IR inlining):
-#   a call per layer costs as much as the layer's work.
+# - the ticks of the scenarios and the steps that emit an event inlined into the loop (numba IR
+#   inlining): a call costs as much as a step's work (numba passes each array as 7 arguments).
+#   The rarest ticks (an invalidation, a fault where a rare tick finds nothing to do) are plain
+#   functions: numba's inlining copies the IR of each inlined call, nested calls included, and
+#   inlining everything would make the first compilation several times longer.
 def _jit(signature: str):
     return njit(signature, cache=True, nogil=True, _nrt=False)
 
 
 _jit_inline = njit(cache=True, nogil=True, _nrt=False, inline="always")
 
+#: numba types that recur in the signatures below: the parameters, the output block (its
+#: records as little-endian u64 words, 4 per record) and a tick compiled on its own.
+_P = f"UniTuple(int64, {N_PARAMS})"
+_OUT = "uint64[::1]"
+_TICK = f"int64({_OUT}, int64, int64[::1], int64, int64)"
 
-# --- kernel: random numbers, backing, indexing ------------------------------------------------
+# --- kernel: parameters, random numbers, backing, indexing ------------------------------------
+
+
+@_jit(f"{_P}(int64[::1])")
+def _params(M):
+    """The parameters of the generation, M[:N_PARAMS], as a tuple (in P_* order)."""
+    return (
+        M[P_SCEN],
+        M[P_BACKING],
+        M[P_MAIN_REGS],
+        M[P_WIN_REGS],
+        M[P_WIN_WS],
+        M[P_WS_REGS],
+        M[P_HPFNS],
+        M[P_HPFN_BITS],
+        M[P_BASE],
+        M[P_KEY_BACK],
+        M[P_PF],
+        M[P_NVCPU],
+        M[P_NREG],
+        M[P_WORDS],
+        M[P_BODY],
+        M[P_VC],
+        M[P_CLK],
+        M[P_RINGS],
+        M[P_REGS],
+        M[P_WS],
+        M[P_BITS],
+    )
 
 
 @_jit("int64(int64[::1])")
@@ -286,324 +338,95 @@ def _perm(x, n, bits, key):
             return np.int64(y)
 
 
-@_jit("int64(int64[::1], int64)")
-def _pfn(M, gfn):
-    """Host pfn of a guest page under the backing model."""
-    b = M[S_BACKING]
+@_jit(f"int64({_P}, int64, int64)")
+def _pfn(P, gfn, word):
+    """Host pfn of a guest page under the backing model (word: the word of gfn's region)."""
+    b = P[P_BACKING]
     if b == B_HUGE:
-        return M[np.uint64(M[S_HOSTREG] + (gfn >> 9))] * _REGION + (gfn & (_REGION - 1))
+        return (word >> REG_HOST_SHIFT) * _REGION + (gfn & (_REGION - 1))
     if b == B_CONTIG:
-        return M[S_BASE] + gfn
-    return _perm(gfn, M[S_HPFNS], M[S_HPFN_BITS], M[S_KEY_BACK])
+        return P[P_BASE] + gfn
+    return _perm(gfn, P[P_HPFNS], P[P_HPFN_BITS], P[P_KEY_BACK])
 
 
-@_jit("uint64(int64[::1], int64, int64)")
-def _vcx(M, row, v):
+@_jit(f"uint64({_P}, int64, int64)")
+def _vcx(P, row, v):
     """Index in M of a per-vCPU value (unsigned: numba then skips the negative-index check)."""
-    return np.uint64(M[S_VC] + row * M[S_NVCPU] + v)
+    return np.uint64(P[P_VC] + row * P[P_NVCPU] + v)
 
 
-@_jit("uint64(int64[::1], int64, int64)")
-def _regx(M, root, r):
-    """Index in M of the flags of region r in a root."""
-    return np.uint64(M[S_REGS] + root * M[S_NREG] + r)
+@_jit(f"uint64({_P}, int64, int64)")
+def _regx(P, root, r):
+    """Index in M of the word of region r in a root."""
+    return np.uint64(P[P_REGS] + root * P[P_NREG] + r)
 
 
-@_jit("uint64(int64[::1], int64, int64)")
-def _wordx(M, root, gfn):
+@_jit(f"uint64({_P}, int64, int64)")
+def _wordx(P, root, gfn):
     """Index in M of the bitmap word holding gfn's 4 KiB leaf."""
-    return np.uint64(M[S_BITS] + root * M[S_WORDS] + (gfn >> 6))
+    return np.uint64(P[P_BITS] + root * P[P_WORDS] + (gfn >> 6))
 
 
-@_jit("boolean(int64[::1], int64, int64)")
-def _has4k(M, root, gfn):
-    return (M[_wordx(M, root, gfn)] >> (gfn & 63)) & 1 != 0
+@_jit(f"boolean(int64[::1], {_P}, int64, int64)")
+def _has4k(M, P, root, gfn):
+    return (M[_wordx(P, root, gfn)] >> (gfn & 63)) & 1 != 0
 
 
-@_jit("void(int64[::1], int64, int64)")
-def _push(M, which, entry):
+@_jit(f"void(int64[::1], {_P}, int64, int64)")
+def _push(M, P, which, entry):
     k = M[S_RING_N + which]
-    M[np.uint64(M[S_RINGS] + which * RING + (k & RING_MASK))] = entry
+    M[np.uint64(P[P_RINGS] + which * RING + (k & RING_MASK))] = entry
     M[S_RING_N + which] = k + 1
 
 
-@_jit("int64(int64[::1], int64)")
-def _sample(M, which):
+@_jit(f"int64(int64[::1], {_P}, int64)")
+def _sample(M, P, which):
     """A random entry of a ring, or -1 when it is empty."""
     k = M[S_RING_N + which]
     if k == 0:
         return -1
-    return M[np.uint64(M[S_RINGS] + which * RING + _below(M, min(k, RING)))]
+    return M[np.uint64(P[P_RINGS] + which * RING + _below(M, min(k, RING)))]
 
 
-@_jit("int64(int64[::1], int64)")
-def _pick4k(M, which):
+@_jit_inline
+def _pick4k(M, P, which):
     """A present 4 KiB leaf (gfn * 2 + root) from a ring of them, or -1 after a few misses."""
     for _ in range(4):
-        e = _sample(M, which)
+        e = _sample(M, P, which)
         if e < 0:
             return -1
-        if _has4k(M, e & 1, e >> 1):
+        if _has4k(M, P, e & 1, e >> 1):
             return e
     return -1
 
 
-@_jit("int64(int64[::1])")
-def _pick2m(M):
+@_jit_inline
+def _pick2m(M, P):
     """A present 2 MiB leaf (region * 2 + root), or -1 after a few misses."""
     for _ in range(8):
-        e = _sample(M, R_2M)
+        e = _sample(M, P, R_2M)
         if e < 0:
             return -1
-        if M[_regx(M, e & 1, e >> 1)] & REG_LEAF2M:
+        if M[_regx(P, e & 1, e >> 1)] & REG_LEAF2M:
             return e
     return -1
 
 
-# --- kernel: deciding a tick (reads the model, writes actions into M[S_ACT:]) ------------------
+# --- kernel: emitting an event and applying it to the model of what is mapped ----------------
+#
+# Each step writes record n of ``out`` and updates the model as MODEL.md section 5 does. A tick
+# decides all its events (reading the model) before it emits the first, so applying each event
+# as it is emitted gives the same model as applying them all after the tick.
 
 
-@_jit("void(int64[::1], int64, int64, int64, int64, int64)")
-def _act(M, j, op, gfn, level, root):
-    """Action j of this tick."""
-    a = S_ACT + 4 * j
-    M[a] = op
-    M[a + 1] = gfn
-    M[a + 2] = level
-    M[a + 3] = root
-
-
-@_jit("int64(int64[::1], int64)")
-def _root_of(M, u):
-    """The root of a fault, from 32 random bits: mirror with the private fraction (tdx only),
-    else direct. Only the top 23 bits decide, so the low 9 can pick a page in a region."""
-    return ROOT_MIRROR if (u >> 9) < (M[S_PF] >> 9) else ROOT_DIRECT
-
-
-@_jit("int64(int64[::1], int64, int64)")
-def _window_gfn(M, lo, hi):
-    """A gfn in the used part of the shared window, from 32 random bits and 9 more."""
-    r = M[S_MAIN_REGS] + ((lo * M[S_WIN_WS]) >> 32)
-    return r * _REGION + (hi & (_REGION - 1))
-
-
-@_jit("int64(int64[::1])")
-def _ws_region(M):
-    """A random region of the working set."""
-    return M[np.uint64(M[S_WS] + _below(M, M[S_WS_REGS]))]
-
-
-@_jit_inline
-def _plain_fault(M, j):
-    """A fault over the working set (either root) or the shared window, 2 MiB on huge regions.
-    One random draw: the high half picks the root and the page, the low half the region."""
-    z = _u64(M)
-    hi = (z >> 32) & _M32
-    lo = z & _M32
-    root = _root_of(M, hi)
-    if root == ROOT_DIRECT and M[S_WIN_REGS] > 0:
-        _act(M, j, OP_FAULT, _window_gfn(M, lo, hi), 1, root)
-        return j + 1
-    r = M[np.uint64(M[S_WS] + ((lo * M[S_WS_REGS]) >> 32))]
-    if M[_regx(M, root, r)] & REG_HUGE:
-        _act(M, j, OP_FAULT, r * _REGION, 2, root)
-    else:
-        _act(M, j, OP_FAULT, r * _REGION + (hi & (_REGION - 1)), 1, root)
-    return j + 1
-
-
-@_jit("int64(int64[::1])")
-def _invalidate(M):
-    """Unmap a present leaf (an MMU-notifier invalidation); a plain fault when none is found."""
-    if _u32(M) < _T_HALF:
-        e = _pick2m(M)
-        if e >= 0:
-            _act(M, 0, OP_UNMAP, (e >> 1) * _REGION, 2, e & 1)
-            return 1
-    e = _pick4k(M, R_4K)
-    if e >= 0:
-        _act(M, 0, OP_UNMAP, e >> 1, 1, e & 1)
-        return 1
-    return _plain_fault(M, 0)
-
-
-@_jit("int64(int64[::1])")
-def _to_shared(M):
-    """Private -> shared conversion at a working-set gfn: [split], unmap private, fault shared."""
-    gfn = _ws_region(M) * _REGION + _below(M, _REGION)
-    huge = (M[_regx(M, ROOT_MIRROR, gfn >> 9)] & REG_LEAF2M) != 0
-    mapped = huge or _has4k(M, ROOT_MIRROR, gfn)
-    k = 1 + (1 if mapped else 0) + (1 if huge else 0)
-    if k > M[S_REM]:
-        return _plain_fault(M, 0)
-    j = 0
-    if huge:
-        _act(M, j, OP_SPLIT, gfn - (gfn & (_REGION - 1)), 2, ROOT_MIRROR)
-        j += 1
-    if mapped:
-        _act(M, j, OP_UNMAP, gfn, 1, ROOT_MIRROR)
-        j += 1
-    _act(M, j, OP_FAULT, gfn, 1, ROOT_DIRECT)
-    _push(M, R_CONV, gfn * 2 + ROOT_DIRECT)
-    return k
-
-
-@_jit("int64(int64[::1])")
-def _to_private(M):
-    """Shared -> private conversion of a converted page: unmap shared, fault private."""
-    e = _pick4k(M, R_CONV)
-    if e < 0 or M[S_REM] < 2:
-        return _plain_fault(M, 0)
-    _act(M, 0, OP_UNMAP, e >> 1, 1, ROOT_DIRECT)
-    _act(M, 1, OP_FAULT, e >> 1, 1, ROOT_MIRROR)
-    return 2
-
-
-@_jit_inline
-def _act_boot(M, v, u):
-    """boot: the vCPU's next page of its slice (2% jumps), or a shared I/O-buffer fault."""
-    root = _root_of(M, u)
-    z = _u64(M)
-    zhi = (z >> 32) & _M32
-    zlo = z & _M32
-    if root == ROOT_DIRECT and M[S_WIN_REGS] > 0:
-        _act(M, 0, OP_FAULT, _window_gfn(M, zlo, zhi), 1, root)
-        return 1
-    lo = M[_vcx(M, V_LO, v)]
-    hi = M[_vcx(M, V_HI, v)]
-    cx = _vcx(M, V_CUR, v)
-    gfn = M[cx]
-    if zlo < _T_BOOT_JUMP:
-        gfn = lo + ((zhi * (hi - lo)) >> 32)
-    M[cx] = lo if gfn + 1 >= hi else gfn + 1
-    _act(M, 0, OP_FAULT, gfn, 1, root)
-    return 1
-
-
-@_jit_inline
-def _act_steady(M, v, u):
-    """steady: repeat the last fault, convert a page either way, or a plain fault."""
-    if u < _T_STEADY_REPEAT:
-        level = M[_vcx(M, V_LASTL, v)]
-        if level > 0:  # the same fault again: spurious while the leaf stays
-            _act(M, 0, OP_FAULT, M[_vcx(M, V_LASTG, v)], level, M[_vcx(M, V_LASTP, v)])
-            return 1
-        return _plain_fault(M, 0)
-    if u < _T_STEADY_TO_PRIVATE:
-        if M[S_PF] == 0:  # no private memory: an invalidation instead of a conversion
-            return _invalidate(M)
-        if u < _T_STEADY_TO_SHARED:
-            return _to_shared(M)
-        return _to_private(M)
-    return _plain_fault(M, 0)
-
-
-@_jit("int64(int64[::1])")
-def _fresh_region(M):
-    """The next never-used main region (a random one once all are used)."""
-    k = M[S_FRESH]
-    if k < M[S_MAIN_REGS]:
-        M[S_FRESH] = k + 1
-        return M[M[S_WS] + k]  # the working set is all of the main area, in seeded order
-    return _below(M, M[S_MAIN_REGS])
-
-
-@_jit_inline
-def _act_split(M, v, u):
-    """hugepage-split: map fresh regions at 2 MiB, then split, unmap and refault 4 KiB."""
-    root = _root_of(M, u)
-    if root == ROOT_DIRECT and M[S_WIN_REGS] > 0:  # shared I/O: 4 KiB in the window
-        z = _u64(M)
-        _act(M, 0, OP_FAULT, _window_gfn(M, z & _M32, (z >> 32) & _M32), 1, root)
-        return 1
-    done = M[S_BODY] - M[S_REM]
-    if done * 10 >= SPLIT_PHASE_A_TENTHS * M[S_BODY] or M[S_FRESH] >= M[S_MAIN_REGS]:
-        u = _u32(M)
-        if u < _T_SPLIT_SPLIT:  # split a present 2 MiB leaf
-            e = _pick2m(M)
-            if e >= 0:
-                _act(M, 0, OP_SPLIT, (e >> 1) * _REGION, 2, e & 1)
-                return 1
-        elif u >= _T_SPLIT_MAP2M or u < _T_SPLIT_UNMAP:
-            e = _sample(M, R_SPLIT)  # a page of a split region
-            if e >= 0:
-                gfn = (e >> 1) * _REGION + _below(M, _REGION)
-                root = e & 1
-                if u < _T_SPLIT_UNMAP and _has4k(M, root, gfn):
-                    _act(M, 0, OP_UNMAP, gfn, 1, root)
-                else:  # a refault after an unmap, else spurious
-                    _act(M, 0, OP_FAULT, gfn, 1, root)
-                return 1
-    _act(M, 0, OP_FAULT, _fresh_region(M) * _REGION, 2, root)
-    return 1
-
-
-@_jit_inline
-def _act_churn(M, v, u):
-    """churn: destroy the vCPU (it comes back later), unmap a present leaf, or a plain fault."""
-    if u < _T_CHURN_DESTROY:
-        _act(M, 0, OP_VCPU_DESTROY, 0, 0, 0)
-        return 1
-    if u < _T_CHURN_UNMAP:
-        return _invalidate(M)
-    return _plain_fault(M, 0)
-
-
-@_jit_inline
-def _act_scatter(M, v, u):
-    """scatter: unmap a present 4 KiB leaf, or the next page of the vCPU's current run."""
-    if u < _T_SCATTER_UNMAP:
-        e = _pick4k(M, R_4K)
-        if e >= 0:
-            _act(M, 0, OP_UNMAP, e >> 1, 1, e & 1)
-            return 1
-    z = _u64(M)
-    zhi = (z >> 32) & _M32
-    root = _root_of(M, zhi)
-    if root == ROOT_DIRECT and M[S_WIN_REGS] > 0:
-        _act(M, 0, OP_FAULT, _window_gfn(M, z & _M32, zhi), 1, root)
-        return 1
-    cx = _vcx(M, V_CUR, v)
-    rx = _vcx(M, V_RUN, v)
-    if M[rx] == 0:  # a new run: a random region, a random start page
-        M[cx] = _below(M, M[S_MAIN_REGS]) * _REGION + _below(M, _REGION)
-        M[rx] = SCATTER_RUN_MIN + _below(M, SCATTER_RUN_SPAN)
-    gfn = M[cx]
-    M[cx] = gfn - (gfn & (_REGION - 1)) + ((gfn + 1) & (_REGION - 1))
-    M[rx] -= 1
-    _act(M, 0, OP_FAULT, gfn, 1, root)
-    return 1
-
-
-@_jit_inline
-def _decide(M, v, u):
-    """The actions of one tick of vCPU v: its creation if it is not live, else the scenario's
-    (u: 32 random bits drawn for the tick)."""
-    if M[_vcx(M, V_LIVE, v)] == 0:
-        _act(M, 0, OP_VCPU_CREATE, 0, 0, 0)
-        return 1
-    scen = M[S_SCEN]
-    if scen == SC_BOOT:
-        return _act_boot(M, v, u)
-    if scen == SC_STEADY:
-        return _act_steady(M, v, u)
-    if scen == SC_SPLIT:
-        return _act_split(M, v, u)
-    if scen == SC_CHURN:
-        return _act_churn(M, v, u)
-    return _act_scatter(M, v, u)
-
-
-# --- kernel: applying actions (emit the record, update the model) ----------------------------
-
-
-@_jit("void(uint64[:, ::1], int64, int64, int64, int64, int64, int64, int64, int64)")
+@_jit(f"void({_OUT}, int64, int64, int64, int64, int64, int64, int64, int64)")
 def _emit(out, n, ts, op, vcpu, gfn, pfn, level, flags):
-    """Write one record into ``out`` (the block viewed as little-endian u64 words, 4 per record)."""
-    out[n, 0] = np.uint64(ts)
-    out[n, 1] = np.uint64(gfn)
-    out[n, 2] = np.uint64(pfn)
-    out[n, 3] = (
+    """Write record n."""
+    i = np.uint64(4 * n)
+    out[i] = np.uint64(ts)
+    out[i + np.uint64(1)] = np.uint64(gfn)
+    out[i + np.uint64(2)] = np.uint64(pfn)
+    out[i + np.uint64(3)] = (
         np.uint64(vcpu)
         | (np.uint64(op) << np.uint64(32))
         | (np.uint64(level) << np.uint64(40))
@@ -612,64 +435,318 @@ def _emit(out, n, ts, op, vcpu, gfn, pfn, level, flags):
 
 
 @_jit_inline
-def _apply(out, n, M, ts, v, op, gfn, level, root):
-    """Emit one action and apply it to the model of what is mapped (MODEL.md section 5)."""
-    if op == OP_FAULT:  # 5.4 steps 3, 4 and 6
-        if level == 2:
-            gfn -= gfn & (_REGION - 1)
-        _emit(out, n, ts, OP_FAULT, v, gfn, _pfn(M, gfn), level, root)
-        M[_vcx(M, V_LASTG, v)] = gfn
-        M[_vcx(M, V_LASTL, v)] = level
-        M[_vcx(M, V_LASTP, v)] = root
-        rx = _regx(M, root, gfn >> 9)
-        rg = M[rx]
-        if rg & REG_LEAF2M or _has4k(M, root, gfn):
-            return  # spurious: a present leaf covers gfn
-        if level == 2 and rg & REG_TBL1:
-            if root == ROOT_MIRROR:
-                level = 1  # mirror: level fit to the existing level-1 table
-            else:
-                w0 = _wordx(M, root, gfn)
-                for i in range(8):  # direct: collapse, the subtree is zapped
-                    M[w0 + np.uint64(i)] = 0
-                rg &= ~REG_TBL1
-        if level == 2:
-            M[rx] = rg | REG_LEAF2M
-            _push(M, R_2M, (gfn >> 9) * 2 + root)
+def _fault(out, n, M, P, ts, v, gfn, level, root):
+    """A fault of vCPU v at level 1 or 2 (MODEL.md 5.4 steps 3, 4 and 6)."""
+    gfn -= gfn & ((level - 1) * (_REGION - 1))  # at level 2, the first page of the region
+    rx = _regx(P, root, gfn >> 9)
+    rg = M[rx]
+    _emit(out, n, ts, OP_FAULT, v, gfn, _pfn(P, gfn, rg), level, root)
+    M[_vcx(P, V_LASTG, v)] = gfn
+    M[_vcx(P, V_LASTL, v)] = level
+    M[_vcx(P, V_LASTP, v)] = root
+    wx = _wordx(P, root, gfn)
+    # Spurious when a present leaf covers gfn (both looked up, then one well-predicted branch).
+    if (rg & REG_LEAF2M) | ((M[wx] >> (gfn & 63)) & 1):
+        return
+    if level == 2 and rg & REG_TBL1:
+        if root == ROOT_MIRROR:
+            level = 1  # mirror: level fit to the existing level-1 table
         else:
-            M[_wordx(M, root, gfn)] |= np.int64(1) << (gfn & 63)
-            M[rx] = rg | REG_TBL1
-            _push(M, R_4K, gfn * 2 + root)
-    elif op == OP_UNMAP:  # 5.5: only ever of a present leaf
-        _emit(out, n, ts, OP_UNMAP, 0, gfn, 0, level, root)
-        if level == 1:
-            M[_wordx(M, root, gfn)] &= ~(np.int64(1) << (gfn & 63))
+            for i in range(8):  # direct: collapse, the subtree is zapped
+                M[wx + np.uint64(i)] = 0
+            rg &= ~REG_TBL1
+    if level == 2:
+        M[rx] = rg | REG_LEAF2M
+        _push(M, P, R_2M, (gfn >> 9) * 2 + root)
+    else:
+        M[wx] |= np.int64(1) << (gfn & 63)
+        M[rx] = rg | REG_TBL1
+        _push(M, P, R_4K, gfn * 2 + root)
+
+
+@_jit_inline
+def _unmap(out, n, M, P, ts, gfn, level, root):
+    """An unmap, only ever of a present leaf (MODEL.md 5.5)."""
+    _emit(out, n, ts, OP_UNMAP, 0, gfn, 0, level, root)
+    if level == 1:
+        M[_wordx(P, root, gfn)] &= ~(np.int64(1) << (gfn & 63))
+    else:
+        M[_regx(P, root, gfn >> 9)] &= ~REG_LEAF2M
+
+
+@_jit_inline
+def _split(out, n, M, P, ts, gfn, root):
+    """A split of a present 2 MiB leaf into 512 present 4 KiB leaves (MODEL.md 5.6)."""
+    _emit(out, n, ts, OP_SPLIT, 0, gfn, 0, 0, root)
+    rx = _regx(P, root, gfn >> 9)
+    M[rx] = (M[rx] & ~REG_LEAF2M) | REG_TBL1
+    w0 = _wordx(P, root, gfn)
+    for i in range(8):
+        M[w0 + np.uint64(i)] = -1
+    _push(M, P, R_SPLIT, (gfn >> 9) * 2 + root)
+
+
+# --- kernel: the ticks of the scenarios (each emits its events and returns how many) ----------
+
+
+@_jit(f"int64({_P}, int64)")
+def _root_of(P, u):
+    """The root of a fault, from 32 random bits: mirror with the private fraction (tdx only),
+    else direct. Only the top 23 bits decide, so the low 9 can pick a page in a region."""
+    return ROOT_MIRROR if (u >> 9) < (P[P_PF] >> 9) else ROOT_DIRECT
+
+
+@_jit(f"int64({_P}, int64, int64)")
+def _window_gfn(P, lo, hi):
+    """A gfn in the used part of the shared window, from 32 random bits and 9 more."""
+    r = P[P_MAIN_REGS] + ((lo * P[P_WIN_WS]) >> 32)
+    return r * _REGION + (hi & (_REGION - 1))
+
+
+@_jit(f"int64(int64[::1], {_P})")
+def _ws_region(M, P):
+    """A random region of the working set."""
+    return M[np.uint64(P[P_WS] + _below(M, P[P_WS_REGS]))]
+
+
+@_jit_inline
+def _plain_target(M, P):
+    """(gfn, level, root) of a fault over the working set (either root) or the shared window,
+    2 MiB on huge regions. One random draw: the high half picks the root and the page, the low
+    half the region. No branch but the last (the region's word is read even for the window)."""
+    z = _u64(M)
+    hi = (z >> 32) & _M32
+    lo = z & _M32
+    root = _root_of(P, hi)
+    r = M[np.uint64(P[P_WS] + ((lo * P[P_WS_REGS]) >> 32))]
+    huge = (M[_regx(P, root, r)] >> REG_HUGE_BIT) & 1
+    gfn = r * _REGION + (hi & (_REGION - 1) & (huge - 1))
+    level = 1 + huge
+    if root == ROOT_DIRECT and P[P_WIN_REGS] > 0:
+        gfn = _window_gfn(P, lo, hi)
+        level = 1
+    return gfn, level, root
+
+
+@_jit(_TICK)
+def _plain_fault(out, n, M, ts, v):
+    """A plain fault (:func:`_plain_target`), where a rare tick finds nothing to do."""
+    P = _params(M)
+    gfn, level, root = _plain_target(M, P)
+    _fault(out, n, M, P, ts, v, gfn, level, root)
+    return 1
+
+
+@_jit(_TICK)
+def _invalidate(out, n, M, ts, v):
+    """Unmap a present leaf (an MMU-notifier invalidation); a plain fault when none is found."""
+    P = _params(M)
+    e = -1
+    level = 1
+    if _u32(M) < _T_HALF:
+        e = _pick2m(M, P)
+        level = 2
+    if e < 0:
+        e = _pick4k(M, P, R_4K)
+        level = 1
+    if e < 0:
+        return _plain_fault(out, n, M, ts, v)
+    gfn = (e >> 1) * _REGION if level == 2 else e >> 1
+    _unmap(out, n, M, P, ts, gfn, level, e & 1)
+    return 1
+
+
+# The conversions end with a fault, emitted by their caller: each returns how many events it
+# emitted before it, and the fault's (gfn, level, root). One inlined fault step per scenario
+# keeps the first compilation short.
+
+
+@_jit_inline
+def _to_shared(out, n, M, P, ts):
+    """Private -> shared conversion at a working-set gfn: [split], unmap private, fault shared."""
+    gfn = _ws_region(M, P) * _REGION + _below(M, _REGION)
+    huge = (M[_regx(P, ROOT_MIRROR, gfn >> 9)] & REG_LEAF2M) != 0
+    mapped = huge or _has4k(M, P, ROOT_MIRROR, gfn)
+    k = 1 + (1 if mapped else 0) + (1 if huge else 0)
+    if k > M[S_REM]:  # does not fit: a plain fault instead
+        g, level, root = _plain_target(M, P)
+        return 0, g, level, root
+    _push(M, P, R_CONV, gfn * 2 + ROOT_DIRECT)
+    j = 0
+    if huge:
+        _split(out, n, M, P, ts, gfn - (gfn & (_REGION - 1)), ROOT_MIRROR)
+        j += 1
+    if mapped:
+        _unmap(out, n + j, M, P, ts, gfn, 1, ROOT_MIRROR)
+        j += 1
+    return j, gfn, 1, ROOT_DIRECT
+
+
+@_jit_inline
+def _to_private(out, n, M, P, ts):
+    """Shared -> private conversion of a converted page: unmap shared, fault private."""
+    e = _pick4k(M, P, R_CONV)
+    if e < 0 or M[S_REM] < 2:  # none found, or does not fit: a plain fault instead
+        g, level, root = _plain_target(M, P)
+        return 0, g, level, root
+    _unmap(out, n, M, P, ts, e >> 1, 1, ROOT_DIRECT)
+    return 1, e >> 1, 1, ROOT_MIRROR
+
+
+@_jit_inline
+def _tick_boot(out, n, M, P, ts, v, u):
+    """boot: the vCPU's next page of its slice (2% jumps), or a shared I/O-buffer fault."""
+    root = _root_of(P, u)
+    z = _u64(M)
+    zhi = (z >> 32) & _M32
+    zlo = z & _M32
+    if root == ROOT_DIRECT and P[P_WIN_REGS] > 0:
+        gfn = _window_gfn(P, zlo, zhi)
+    else:
+        lo = M[_vcx(P, V_LO, v)]
+        hi = M[_vcx(P, V_HI, v)]
+        cx = _vcx(P, V_CUR, v)
+        gfn = M[cx]
+        if zlo < _T_BOOT_JUMP:
+            gfn = lo + ((zhi * (hi - lo)) >> 32)
+        M[cx] = lo if gfn + 1 >= hi else gfn + 1
+    _fault(out, n, M, P, ts, v, gfn, 1, root)
+    return 1
+
+
+@_jit_inline
+def _tick_steady(out, n, M, P, ts, v, u):
+    """steady: repeat the last fault, convert a page either way, or a plain fault."""
+    j = 0  # events before the fault
+    if u < _T_STEADY_REPEAT and M[_vcx(P, V_LASTL, v)] > 0:
+        # the same fault again: spurious while the leaf stays
+        gfn = M[_vcx(P, V_LASTG, v)]
+        level = M[_vcx(P, V_LASTL, v)]
+        root = M[_vcx(P, V_LASTP, v)]
+    elif u < _T_STEADY_REPEAT or u >= _T_STEADY_TO_PRIVATE:
+        gfn, level, root = _plain_target(M, P)
+    elif P[P_PF] == 0:  # no private memory: an invalidation instead of a conversion
+        return _invalidate(out, n, M, ts, v)
+    elif u < _T_STEADY_TO_SHARED:
+        j, gfn, level, root = _to_shared(out, n, M, P, ts)
+    else:
+        j, gfn, level, root = _to_private(out, n, M, P, ts)
+    _fault(out, n + j, M, P, ts, v, gfn, level, root)
+    return j + 1
+
+
+@_jit("int64(int64[::1])")
+def _fresh_region(M):
+    """The next never-used main region (a random one once all are used)."""
+    k = M[S_FRESH]
+    if k < M[P_MAIN_REGS]:
+        M[S_FRESH] = k + 1
+        return M[M[P_WS] + k]  # the working set is all of the main area, in seeded order
+    return _below(M, M[P_MAIN_REGS])
+
+
+@_jit_inline
+def _split_phase_b(out, n, M, P, ts, root):
+    """hugepage-split, once the fresh regions are used up: split a present 2 MiB leaf, or unmap
+    or refault a page of a split region, else map a region at 2 MiB in ``root``. Returns 1 and
+    (0, 0, 0) when it emitted a split or an unmap, else 0 and the fault's (gfn, level, root)."""
+    u = _u32(M)
+    if u < _T_SPLIT_SPLIT:  # split a present 2 MiB leaf
+        e = _pick2m(M, P)
+        if e >= 0:
+            _split(out, n, M, P, ts, (e >> 1) * _REGION, e & 1)
+            return 1, 0, 0, 0
+    elif u >= _T_SPLIT_MAP2M or u < _T_SPLIT_UNMAP:
+        e = _sample(M, P, R_SPLIT)  # a page of a split region
+        if e >= 0:
+            gfn = (e >> 1) * _REGION + _below(M, _REGION)
+            r = e & 1
+            if u < _T_SPLIT_UNMAP and _has4k(M, P, r, gfn):
+                _unmap(out, n, M, P, ts, gfn, 1, r)
+                return 1, 0, 0, 0
+            return 0, gfn, 1, r  # a refault after an unmap, else spurious
+    return 0, _fresh_region(M) * _REGION, 2, root
+
+
+@_jit_inline
+def _tick_split(out, n, M, P, ts, v, u):
+    """hugepage-split: map fresh regions at 2 MiB, then split, unmap and refault 4 KiB."""
+    root = _root_of(P, u)
+    if root == ROOT_DIRECT and P[P_WIN_REGS] > 0:  # shared I/O: 4 KiB in the window
+        z = _u64(M)
+        gfn = _window_gfn(P, z & _M32, (z >> 32) & _M32)
+        level = 1
+    else:
+        done = P[P_BODY] - M[S_REM]
+        if done * 10 >= SPLIT_PHASE_A_TENTHS * P[P_BODY] or M[S_FRESH] >= P[P_MAIN_REGS]:
+            emitted, gfn, level, root = _split_phase_b(out, n, M, P, ts, root)
+            if emitted:
+                return 1
         else:
-            M[_regx(M, root, gfn >> 9)] &= ~REG_LEAF2M
-    elif op == OP_SPLIT:  # 5.6: a present 2 MiB leaf becomes 512 present 4 KiB leaves
-        _emit(out, n, ts, OP_SPLIT, 0, gfn, 0, 0, root)
-        rx = _regx(M, root, gfn >> 9)
-        M[rx] = (M[rx] & ~REG_LEAF2M) | REG_TBL1
-        w0 = _wordx(M, root, gfn)
-        for i in range(8):
-            M[w0 + np.uint64(i)] = -1
-        _push(M, R_SPLIT, (gfn >> 9) * 2 + root)
-    elif op == OP_VCPU_CREATE:
-        _emit(out, n, ts, OP_VCPU_CREATE, v, 0, 0, 0, 0)
-        M[_vcx(M, V_LIVE, v)] = 1
-    else:  # OP_VCPU_DESTROY
+            gfn = _fresh_region(M) * _REGION
+            level = 2
+    _fault(out, n, M, P, ts, v, gfn, level, root)
+    return 1
+
+
+@_jit_inline
+def _tick_churn(out, n, M, P, ts, v, u):
+    """churn: destroy the vCPU (it comes back later), unmap a present leaf, or a plain fault."""
+    if u < _T_CHURN_DESTROY:
         _emit(out, n, ts, OP_VCPU_DESTROY, v, 0, 0, 0, 0)
-        M[_vcx(M, V_LIVE, v)] = 0
-        M[_vcx(M, V_LASTL, v)] = 0
+        M[_vcx(P, V_LIVE, v)] = 0
+        M[_vcx(P, V_LASTL, v)] = 0
         M[S_EXTRA] = CHURN_DOWNTIME
+        return 1
+    if u < _T_CHURN_UNMAP:
+        return _invalidate(out, n, M, ts, v)
+    gfn, level, root = _plain_target(M, P)
+    _fault(out, n, M, P, ts, v, gfn, level, root)
+    return 1
 
 
-@_jit("void(int64[::1], int64, int64)")
-def _sift_down(M, t, v):
+@_jit_inline
+def _scatter_unmap(out, n, M, P, ts):
+    """scatter: unmap a present 4 KiB leaf; 0 (nothing emitted) when none is found."""
+    e = _pick4k(M, P, R_4K)
+    if e < 0:
+        return 0
+    _unmap(out, n, M, P, ts, e >> 1, 1, e & 1)
+    return 1
+
+
+@_jit_inline
+def _tick_scatter(out, n, M, P, ts, v, u):
+    """scatter: unmap a present 4 KiB leaf, or the next page of the vCPU's current run."""
+    if u < _T_SCATTER_UNMAP and _scatter_unmap(out, n, M, P, ts):
+        return 1
+    z = _u64(M)
+    zhi = (z >> 32) & _M32
+    root = _root_of(P, zhi)
+    if root == ROOT_DIRECT and P[P_WIN_REGS] > 0:
+        gfn = _window_gfn(P, z & _M32, zhi)
+    else:
+        cx = _vcx(P, V_CUR, v)
+        rx = _vcx(P, V_RUN, v)
+        if M[rx] == 0:  # a new run: a random region, a random start page
+            M[cx] = _below(M, P[P_MAIN_REGS]) * _REGION + _below(M, _REGION)
+            M[rx] = SCATTER_RUN_MIN + _below(M, SCATTER_RUN_SPAN)
+        gfn = M[cx]
+        M[cx] = gfn - (gfn & (_REGION - 1)) + ((gfn + 1) & (_REGION - 1))
+        M[rx] -= 1
+    _fault(out, n, M, P, ts, v, gfn, 1, root)
+    return 1
+
+
+# --- kernel: the clocks and the loop -----------------------------------------------------------
+
+
+@_jit(f"void(int64[::1], {_P}, int64, int64)")
+def _sift_down(M, P, t, v):
     """Put (t, v) at the top of the (ts, vcpu) min-heap and restore the heap order."""
-    ht = M[S_HT]
-    hv = M[S_HV]
-    size = M[S_NVCPU]
+    ht = P[P_CLK]
+    size = P[P_NVCPU]
+    hv = ht + size
     i = 0
     while True:
         c = 2 * i + 1
@@ -694,31 +771,58 @@ def _sift_down(M, t, v):
     M[hv + i] = v
 
 
-@_jit("int64(uint64[:, ::1], int64[::1], float64[::1])")
+@_jit(f"int64({_OUT}, int64[::1], float64[::1])")
 def _run(out, M, F):
-    """Fill ``out`` (records as u64 words) with the next events; returns how many."""
-    cap = out.shape[0]
+    """Fill ``out`` with the next events; returns how many."""
+    cap = out.shape[0] // 4
     n = 0
     if M[S_STARTED] == 0:
         _emit(out, 0, 0, OP_VM_CREATE, 0, 0, 0, 0, 0)
         M[S_STARTED] = 1
         n = 1
+    P = _params(M)
     period = F[F_PERIOD]
     jitter = F[F_JITTER]
+    scen = P[P_SCEN]
+    nv = P[P_NVCPU]
+    clk = np.uint64(P[P_CLK])
+    scan = nv <= LIN_VCPUS
     while M[S_REM] > 0 and n + MAXK <= cap:
-        ts = M[M[S_HT]]
-        v = M[M[S_HV]]
+        ts = M[clk]
+        v = 0
+        if scan:  # the smallest clock, the lowest vCPU on a tie
+            for i in range(1, nv):
+                t = M[clk + np.uint64(i)]
+                v = i if t < ts else v
+                ts = t if t < ts else ts
+        else:
+            v = M[clk + np.uint64(nv)]
         z = _u64(M)
-        k = _decide(M, v, (z >> 32) & _M32)
-        for j in range(k):
-            a = S_ACT + 4 * j
-            _apply(out, n + j, M, ts, v, M[a], M[a + 1], M[a + 2], M[a + 3])
+        u = (z >> 32) & _M32
+        lx = _vcx(P, V_LIVE, v)
+        if M[lx] == 0:  # the first tick of a vCPU creates it
+            _emit(out, n, ts, OP_VCPU_CREATE, v, 0, 0, 0, 0)
+            M[lx] = 1
+            k = 1
+        elif scen == SC_STEADY:
+            k = _tick_steady(out, n, M, P, ts, v, u)
+        elif scen == SC_BOOT:
+            k = _tick_boot(out, n, M, P, ts, v, u)
+        elif scen == SC_SPLIT:
+            k = _tick_split(out, n, M, P, ts, v, u)
+        elif scen == SC_CHURN:
+            k = _tick_churn(out, n, M, P, ts, v, u)
+        else:
+            k = _tick_scatter(out, n, M, P, ts, v, u)
         n += k
         M[S_REM] -= k
         M[S_LAST_TS] = ts
         step = period * (k + M[S_EXTRA]) * (1.0 + jitter * ((z & _M32) * (2.0 / _P32) - 1.0))
         M[S_EXTRA] = 0
-        _sift_down(M, ts + np.int64(step), v)
+        if scan:
+            M[clk + np.uint64(v)] = ts + np.int64(step)
+        else:
+            _sift_down(M, P, ts + np.int64(step), v)
     if M[S_REM] == 0 and M[S_DONE] == 0 and n < cap:
         _emit(out, n, M[S_LAST_TS] + np.int64(period), OP_VM_DESTROY, 0, 0, 0, 0, 0)
         M[S_DONE] = 1
@@ -747,7 +851,7 @@ def _domain_bits(n: int) -> int:
 class _State:
     """Everything the kernel carries from one block to the next (see the kernel constants)."""
 
-    M: np.ndarray  # int64: scalars, per-vCPU rows, clock heap, rings, tables, bitmaps
+    M: np.ndarray  # int64: parameters, scalars, per-vCPU rows, clocks, rings, region words, ...
     F: np.ndarray  # float64: period and jitter
 
 
@@ -848,7 +952,7 @@ def generate(
     state = _initial_state(
         scenario, vcpus, gfn_limit, host_pfns, events, seed, vm, backing, pf, rate, jitter
     )
-    return header, _blocks(state, max(MAXK + 2, int(block_events)))
+    return header, _Blocks(state, max(MAXK + 2, int(block_events)))
 
 
 def _perm_np(x: np.ndarray, n: int, bits: int, key: int) -> np.ndarray:
@@ -900,48 +1004,52 @@ def _initial_state(
 
     # Offsets of the M sections.
     vc_off = S_SIZE
-    ht_off = vc_off + V_ROWS * vcpus
-    hv_off = ht_off + vcpus
-    rings_off = hv_off + vcpus
+    clk_off = vc_off + V_ROWS * vcpus
+    rings_off = clk_off + (vcpus if vcpus <= LIN_VCPUS else 2 * vcpus)
     regs_off = rings_off + N_RINGS * RING
     ws_off = regs_off + 2 * nreg
-    hostreg_off = ws_off + ws_regs
-    bits_off = hostreg_off + (nreg if backing == "hugepage" else 0)
+    bits_off = ws_off + ws_regs
     words = gfn_limit // 64
     M = np.zeros(bits_off + 2 * words, dtype=np.int64)
-    M[S_VC], M[S_HT], M[S_HV], M[S_RINGS] = vc_off, ht_off, hv_off, rings_off
-    M[S_REGS], M[S_WS], M[S_HOSTREG], M[S_BITS] = regs_off, ws_off, hostreg_off, bits_off
-
-    M[S_SCEN] = _SCENARIO_CODE[scenario]
-    M[S_TDX] = 1 if vm == "tdx" else 0
-    M[S_BACKING] = _BACKING_CODE[backing]
-    M[S_MAIN_REGS] = main
-    M[S_WIN_REGS] = win
-    M[S_WIN_WS] = min(win, BOOT_IO_REGIONS) if scenario == "boot" else max(1, win // 4)
-    M[S_WS_REGS] = ws_regs
-    M[S_HPFNS] = host_pfns
-    M[S_HPFN_BITS] = _domain_bits(host_pfns)
-    M[S_BASE] = (keys[0] % (host_regs - nreg + 1)) * _REGION
-    M[S_KEY_BACK] = keys[1]
-    M[S_PF] = round(pf * _P32) if vm == "tdx" else 0
-    M[S_NVCPU] = vcpus
-    M[S_NREG] = nreg
-    M[S_WORDS] = words
+    params = {
+        P_SCEN: _SCENARIO_CODE[scenario],
+        P_BACKING: _BACKING_CODE[backing],
+        P_MAIN_REGS: main,
+        P_WIN_REGS: win,
+        P_WIN_WS: min(win, BOOT_IO_REGIONS) if scenario == "boot" else max(1, win // 4),
+        P_WS_REGS: ws_regs,
+        P_HPFNS: host_pfns,
+        P_HPFN_BITS: _domain_bits(host_pfns),
+        P_BASE: (keys[0] % (host_regs - nreg + 1)) * _REGION,
+        P_KEY_BACK: keys[1],
+        P_PF: round(pf * _P32) if vm == "tdx" else 0,
+        P_NVCPU: vcpus,
+        P_NREG: nreg,
+        P_WORDS: words,
+        P_BODY: events - 2,
+        P_VC: vc_off,
+        P_CLK: clk_off,
+        P_RINGS: rings_off,
+        P_REGS: regs_off,
+        P_WS: ws_off,
+        P_BITS: bits_off,
+    }
+    M[:N_PARAMS] = [params[i] for i in range(N_PARAMS)]
     M[S_RNG] = keys[5]
-    M[S_REM] = M[S_BODY] = events - 2
+    M[S_REM] = events - 2
 
-    # Tables: the working set in seeded order; the host region of each guest region; the
-    # regions the guest maps at 2 MiB (exactly huge_permille of them, chosen by a permutation).
+    # Tables: the working set in seeded order; the regions the guest maps at 2 MiB (exactly
+    # huge_permille of them, chosen by a permutation); the host region of each guest region.
     M[ws_off : ws_off + ws_regs] = _perm_np(np.arange(ws_regs), main, _domain_bits(main), keys[2])
-    if backing == "hugepage":
-        M[hostreg_off : hostreg_off + nreg] = _perm_np(
-            np.arange(nreg), host_regs, _domain_bits(host_regs), keys[1]
-        )
+    word = np.zeros(nreg, dtype=np.int64)
     if huge_permille:
         rank = _perm_np(np.arange(nreg), nreg, _domain_bits(nreg), keys[3])
-        huge = np.where(rank * 1000 < huge_permille * nreg, REG_HUGE, 0)
-        M[regs_off : regs_off + nreg] = huge
-        M[regs_off + nreg : regs_off + 2 * nreg] = huge
+        word |= np.where(rank * 1000 < huge_permille * nreg, REG_HUGE, 0)
+    if backing == "hugepage":
+        host = _perm_np(np.arange(nreg), host_regs, _domain_bits(host_regs), keys[1])
+        word |= host << REG_HOST_SHIFT
+    M[regs_off : regs_off + nreg] = word
+    M[regs_off + nreg : regs_off + 2 * nreg] = word
 
     period = 1e9 / rate
     F = np.array([period, jitter], dtype=np.float64)
@@ -953,9 +1061,12 @@ def _initial_state(
     else:
         start = period * (1.0 + vs / vcpus)
     ht = np.maximum(start, 1.0).astype(np.int64)
-    order = np.lexsort((vs, ht))  # sorted by (ts, vcpu): already a heap
-    M[ht_off : ht_off + vcpus] = ht[order]
-    M[hv_off : hv_off + vcpus] = vs[order]
+    if vcpus <= LIN_VCPUS:
+        M[clk_off : clk_off + vcpus] = ht
+    else:
+        order = np.lexsort((vs, ht))  # sorted by (ts, vcpu): already a heap
+        M[clk_off : clk_off + vcpus] = ht[order]
+        M[clk_off + vcpus : clk_off + 2 * vcpus] = vs[order]
 
     # boot: each vCPU walks its own slice of the main area.
     main_gfns = main * _REGION
@@ -968,14 +1079,34 @@ def _initial_state(
     return _State(M, F)
 
 
-def _blocks(st: _State, block_events: int) -> Iterator[np.ndarray]:
-    while not st.M[S_DONE]:
-        block = np.empty(block_events, dtype=EVENT_DTYPE)
-        words = block.view("<u8").reshape(block_events, 4)
-        with np.errstate(over="ignore"):  # pure-Python runs (NUMBA_DISABLE_JIT) wrap like numba
-            n = _run(words, st.M, st.F)
-        if n:
-            yield block[:n]
+class _Blocks:
+    """The lazy stream of event blocks that :func:`generate` returns: each block a new array.
+
+    :func:`write` drives the kernel itself instead (:func:`_write_binary`), into a few reused
+    buffers; both continue from wherever the stream is, so the events are the same.
+    """
+
+    def __init__(self, st: _State, block_events: int) -> None:
+        self.state = st
+        self.block_events = block_events
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        st = self.state
+        while not st.M[S_DONE]:
+            block = np.empty(self.block_events, dtype=EVENT_DTYPE)
+            n = _fill(st, block)
+            if n:
+                return block[:n]
+        raise StopIteration
+
+
+def _fill(st: _State, block: np.ndarray) -> int:
+    """Run the kernel into ``block``: the number of events it now holds."""
+    with np.errstate(over="ignore"):  # pure-Python runs (NUMBA_DISABLE_JIT) wrap like numba
+        return _run(block.view("<u8"), st.M, st.F)
 
 
 def is_yaml_path(path: str) -> bool:
@@ -987,13 +1118,18 @@ def write(out_path: str, header: TraceHeader, blocks: Iterable[np.ndarray]) -> i
     """Write the blocks to ``out_path``: YAML by extension (at most YAML_EVENT_LIMIT events),
     else binary, streamed through BinaryWriter (atomic). Returns the number of events written.
 
-    For a binary trace the blocks are produced on a second thread (the kernel releases the GIL)
-    while this one writes, two blocks in flight at most: the order, and so the file, is the same.
+    For a binary trace the events are generated on a second thread (the kernel releases the GIL)
+    while this one writes: a stream from :func:`generate` into a few small reused buffers
+    (:func:`_write_binary`), any other iterable two blocks ahead at most. The order, and so the
+    file, is the same.
     """
     if not is_yaml_path(out_path):
         with BinaryWriter(out_path, header) as w:
-            for block in _ahead(blocks, depth=2):
-                w.write(block)
+            if isinstance(blocks, _Blocks):
+                _write_binary(w, blocks.state)
+            else:
+                for block in _ahead(blocks, depth=2):
+                    w.write(block)
             return w.count
     if header.count is not None and header.count > YAML_EVENT_LIMIT:
         raise KvmcacheError(_yaml_too_big(out_path, header.count))
@@ -1009,6 +1145,43 @@ def write(out_path: str, header: TraceHeader, blocks: Iterable[np.ndarray]) -> i
     events = np.concatenate(parts) if parts else empty(0)
     write_yaml(out_path, header, events)
     return total
+
+
+def _write_binary(w: BinaryWriter, st: _State) -> None:
+    """Generate the rest of a stream into ``w``: the kernel fills WRITE_BUFFERS reused buffers of
+    WRITE_BLOCK_EVENTS events on a worker thread (it releases the GIL) while this one writes.
+    Small reused buffers stay in the caches, so the writer copies them out of the cache."""
+    free: queue.Queue[np.ndarray | None] = queue.Queue()
+    full: queue.Queue[tuple[np.ndarray | None, int, BaseException | None]] = queue.Queue()
+    for _ in range(WRITE_BUFFERS):
+        free.put(np.empty(WRITE_BLOCK_EVENTS, dtype=EVENT_DTYPE))
+
+    def produce() -> None:
+        try:
+            while not st.M[S_DONE]:
+                buf = free.get()
+                if buf is None:  # the writer gave up
+                    return
+                full.put((buf, _fill(st, buf), None))
+        except BaseException as e:  # handed to the writer, raised there
+            full.put((None, 0, e))
+            return
+        full.put((None, 0, None))
+
+    worker = threading.Thread(target=produce, name="kvmcache-synth", daemon=True)
+    worker.start()
+    try:
+        while True:
+            buf, n, error = full.get()
+            if error is not None:
+                raise error
+            if buf is None:
+                return
+            w.write(buf[:n])
+            free.put(buf)
+    finally:
+        free.put(None)
+        worker.join()
 
 
 def _ahead(items: Iterable[np.ndarray], depth: int) -> Iterator[np.ndarray]:
