@@ -749,7 +749,7 @@ class _FastLane:
             imp._fast_tables = (ntab, np.zeros(self.NAME_BYTES, dtype=np.uint8), [0, 0])
         self.ntab, self.names, self.name_use = imp._fast_tables
         self.R = np.zeros(scan.N_REGS, dtype=np.int64)
-        self.F = np.zeros(2 * scan.NF, dtype=np.int64)
+        self.F = np.zeros(scan.F_SIZE, dtype=np.int64)
         self.out_u = np.zeros((3, self.OUT), dtype=np.uint64)
         self.out_i = np.zeros((5, self.OUT), dtype=np.int64)
         self.n_threads = -1

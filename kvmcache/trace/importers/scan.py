@@ -62,7 +62,8 @@ R_NAME_S = 12
 R_NAME_E = 13
 N_REGS = 14
 
-# Parsed header fields of one line (F, int64; two lines side by side, at 0 and NF).
+# Parsed header fields of one line (F, int64; two lines side by side, at 0 and NF), then the
+# token spans of the text being mapped.
 F_NEXT = 0  # offset of the next line
 F_EOL = 1  # end of the text (the newline, or the CR of a CRLF)
 F_TID = 2  # thread id, -1 unless plain decimal (no leading zero, at most 9 digits)
@@ -75,6 +76,9 @@ F_TXT = 8
 F_VCPU = 9  # N of a text starting `vcpu N`; -1 without, -2 when N has 10 digits or more
 F_START = 10
 NF = 11
+F_TOK = 2 * NF  # token spans of the line being mapped (start, end), up to MAX_TOKENS
+MAX_TOKENS = 11
+F_SIZE = F_TOK + 2 * MAX_TOKENS
 
 # Event classes in the name table are the mapping's C_*, plus one that sends the line to the
 # Python path (a KVM / kvmmmu name the Python reader would not look at on every line).
@@ -162,6 +166,36 @@ def _tok(buf, p, e):
 
 
 @_jit
+def _tokens(buf, F, a, n):
+    """The spans of the first ``n`` blank-separated tokens of the text of the line at F[a:]
+    into F[F_TOK:] (an absent token is an empty span)."""
+    p = F[a + F_TXT]
+    e = F[a + F_EOL]
+    for i in range(n):
+        s, p = _tok(buf, p, e)
+        F[F_TOK + 2 * i] = s
+        F[F_TOK + 2 * i + 1] = p
+
+
+@_jit
+def _is(buf, F, i, lit):
+    """Token i (of :func:`_tokens`) is ``lit``."""
+    return _eq(buf, F[F_TOK + 2 * i], F[F_TOK + 2 * i + 1], lit)
+
+
+@_jit
+def _thex(buf, F, i):
+    """:func:`_hex` of token i (of :func:`_tokens`)."""
+    return _hex(buf, F[F_TOK + 2 * i], F[F_TOK + 2 * i + 1])
+
+
+@_jit
+def _tdec(buf, F, i):
+    """:func:`_dec` of token i (of :func:`_tokens`)."""
+    return _dec(buf, F[F_TOK + 2 * i], F[F_TOK + 2 * i + 1])
+
+
+@_jit
 def _hex(buf, s, e):
     """``int(token, 16)`` for a plain token (optional 0x, at most 16 significant digits):
     (ok, value). Anything Python might read differently is not ok (the Python path decides)."""
@@ -233,12 +267,8 @@ def _head(buf, p, end, F, o):
     i = p
     while i < lb and _ws(buf[i]):
         i += 1
-    j = lb - 1
-    if j < i or not _ws(buf[j]):
-        return False
-    while j >= i and _ws(buf[j]):
-        j -= 1
-    if j < i:
+    j = _before_blanks(buf, lb - 1, i)
+    if j < 0:
         return False
     if buf[j] == 41:  # `)`: a TGID column `([ \t]*[\d-]*[ \t]*)`
         k = j - 1
@@ -250,12 +280,8 @@ def _head(buf, p, end, F, o):
             k -= 1
         if k < i or buf[k] != 40:
             return False
-        j = k - 1
-        if j < i or not _ws(buf[j]):
-            return False
-        while j >= i and _ws(buf[j]):
-            j -= 1
-        if j < i:
+        j = _before_blanks(buf, k - 1, i)
+        if j < 0:
             return False
     d_end = j + 1
     while j >= i and _digit(buf[j]):
@@ -272,10 +298,8 @@ def _head(buf, p, end, F, o):
             t = t * 10 + (buf[k] - 48)
         F[o + F_TID] = t
     # [CPU]
-    k = lb + 1
-    while k < eol and _digit(buf[k]):
-        k += 1
-    if k == lb + 1 or k >= eol or buf[k] != 93:
+    k = _digits_to(buf, lb + 1, eol, 93)
+    if k < 0:
         return False
     k += 1
     if k >= eol or not _ws(buf[k]):
@@ -332,24 +356,40 @@ def _head(buf, p, end, F, o):
 
 
 @_jit
+def _before_blanks(buf, j, i):
+    """Going back from ``j`` (not below ``i``) over one or more blanks: the offset of the
+    character before them, or -1."""
+    if j < i or not _ws(buf[j]):
+        return -1
+    while j >= i and _ws(buf[j]):
+        j -= 1
+    return j if j >= i else -1
+
+
+@_jit
 def _stamp(buf, k, eol, F, o):
     """`(\\d+)\\.(\\d+):` at ``k``: its spans into F; False when absent."""
+    dot = _digits_to(buf, k, eol, 46)
+    if dot < 0:
+        return False
+    colon = _digits_to(buf, dot + 1, eol, 58)
+    if colon < 0:
+        return False
+    F[o + F_SEC_S] = k
+    F[o + F_SEC_E] = dot
+    F[o + F_FRAC_E] = colon
+    return True
+
+
+@_jit
+def _digits_to(buf, k, eol, delim):
+    """Offset of ``delim`` after one or more digits from ``k``, or -1."""
     s = k
     while k < eol and _digit(buf[k]):
         k += 1
-    if k == s or k >= eol or buf[k] != 46:
-        return False
-    dot = k
-    k += 1
-    f = k
-    while k < eol and _digit(buf[k]):
-        k += 1
-    if k == f or k >= eol or buf[k] != 58:
-        return False
-    F[o + F_SEC_S] = s
-    F[o + F_SEC_E] = dot
-    F[o + F_FRAC_E] = k
-    return True
+    if k == s or k >= eol or buf[k] != delim:
+        return -1
+    return k
 
 
 @_jit
@@ -528,23 +568,15 @@ def _take(buf, R, F, a, ttab, t_cur, ntab, names, out_u, out_i, cap):
     ts = _nanoseconds(buf, F, a)
     if ts < 0:
         return ST_SLOW
-    te = F[a + F_EOL]
     pfn = _U0
     level = 1
     if c == C_SPTE_REQ:  # gfn %llx pfn %llx level %d
-        s0, e0 = _tok(buf, F[a + F_TXT], te)
-        s1, e1 = _tok(buf, e0, te)
-        s2, e2 = _tok(buf, e1, te)
-        s3, e3 = _tok(buf, e2, te)
-        s4, e4 = _tok(buf, e3, te)
-        s5, e5 = _tok(buf, e4, te)
-        if not (_eq(buf, s0, e0, _L_GFN) and _eq(buf, s2, e2, _L_PFN)):
+        _tokens(buf, F, a, 6)
+        if not (_is(buf, F, 0, _L_GFN) and _is(buf, F, 2, _L_PFN) and _is(buf, F, 4, _L_LEVEL)):
             return ST_SLOW
-        if not _eq(buf, s4, e4, _L_LEVEL):
-            return ST_SLOW
-        ok1, gfn = _hex(buf, s1, e1)
-        ok2, pfn = _hex(buf, s3, e3)
-        ok3, level = _dec(buf, s5, e5)
+        ok1, gfn = _thex(buf, F, 1)
+        ok2, pfn = _thex(buf, F, 3)
+        ok3, level = _tdec(buf, F, 5)
         if not (ok1 and ok2 and ok3):
             return ST_SLOW
         if level == 2:
@@ -555,28 +587,16 @@ def _take(buf, R, F, a, ttab, t_cur, ntab, names, out_u, out_i, cap):
             return ST_SLOW
         kind = K_FAULT
     elif c == C_SPTE_CHG:  # as id %d gfn %llx level %d old_spte %llx new_spte %llx
-        s0, e0 = _tok(buf, F[a + F_TXT], te)
-        s1, e1 = _tok(buf, e0, te)
-        s2, e2 = _tok(buf, e1, te)
-        s3, e3 = _tok(buf, e2, te)
-        s4, e4 = _tok(buf, e3, te)
-        s5, e5 = _tok(buf, e4, te)
-        s6, e6 = _tok(buf, e5, te)
-        s7, e7 = _tok(buf, e6, te)
-        s8, e8 = _tok(buf, e7, te)
-        s9, e9 = _tok(buf, e8, te)
-        s10, e10 = _tok(buf, e9, te)
-        if not (_eq(buf, s0, e0, _L_AS) and _eq(buf, s3, e3, _L_GFN)):
+        _tokens(buf, F, a, 11)
+        if not (_is(buf, F, 0, _L_AS) and _is(buf, F, 3, _L_GFN) and _is(buf, F, 5, _L_LEVEL)):
             return ST_SLOW
-        if not (_eq(buf, s5, e5, _L_LEVEL) and _eq(buf, s7, e7, _L_OLD)):
+        if not (_is(buf, F, 7, _L_OLD) and _is(buf, F, 9, _L_NEW)):
             return ST_SLOW
-        if not _eq(buf, s9, e9, _L_NEW) or s1 == e1:
-            return ST_SLOW
-        ok1, as_id = _dec(buf, s2, e2)
-        ok2, gfn = _hex(buf, s4, e4)
-        ok3, level = _dec(buf, s6, e6)
-        ok4, old = _hex(buf, s8, e8)
-        ok5, new = _hex(buf, s10, e10)
+        ok1, as_id = _tdec(buf, F, 2)
+        ok2, gfn = _thex(buf, F, 4)
+        ok3, level = _tdec(buf, F, 6)
+        ok4, old = _thex(buf, F, 8)
+        ok5, new = _thex(buf, F, 10)
         if not (ok1 and ok2 and ok3 and ok4 and ok5):
             return ST_SLOW
         if not (
@@ -590,22 +610,15 @@ def _take(buf, R, F, a, ttab, t_cur, ntab, names, out_u, out_i, cap):
             return ST_MORE
         kind = K_UNMAP
     elif c == C_SPLIT:  # gfn %llx spte %llx level %d errno %d
-        s0, e0 = _tok(buf, F[a + F_TXT], te)
-        s1, e1 = _tok(buf, e0, te)
-        s2, e2 = _tok(buf, e1, te)
-        s3, e3 = _tok(buf, e2, te)
-        s4, e4 = _tok(buf, e3, te)
-        s5, e5 = _tok(buf, e4, te)
-        s6, e6 = _tok(buf, e5, te)
-        s7, e7 = _tok(buf, e6, te)
-        if not (_eq(buf, s0, e0, _L_GFN) and _eq(buf, s2, e2, _L_SPTE)):
+        _tokens(buf, F, a, 8)
+        if not (_is(buf, F, 0, _L_GFN) and _is(buf, F, 2, _L_SPTE)):
             return ST_SLOW
-        if not (_eq(buf, s4, e4, _L_LEVEL) and _eq(buf, s6, e6, _L_ERRNO)):
+        if not (_is(buf, F, 4, _L_LEVEL) and _is(buf, F, 6, _L_ERRNO)):
             return ST_SLOW
-        ok1, gfn = _hex(buf, s1, e1)
-        ok2, spte = _hex(buf, s3, e3)
-        ok3, level = _dec(buf, s5, e5)
-        ok4, errno = _dec(buf, s7, e7)
+        ok1, gfn = _thex(buf, F, 1)
+        ok2, spte = _thex(buf, F, 3)
+        ok3, level = _tdec(buf, F, 5)
+        ok4, errno = _tdec(buf, F, 7)
         if not (ok1 and ok2 and ok3 and ok4):
             return ST_SLOW
         if errno != 0 or level != 2:
@@ -613,17 +626,13 @@ def _take(buf, R, F, a, ttab, t_cur, ntab, names, out_u, out_i, cap):
             return ST_MORE
         kind = K_SPLIT
     else:  # kvm_page_fault: `vcpu %u rip 0x%lx address 0x%016llx ...` or `address %lx ...`
-        p = F[a + F_TXT]
-        if vs >= 0:
-            for _ in range(4):
-                p = _tok(buf, p, te)[1]
-        elif vs != -1:
+        if vs < -1:
             return ST_SLOW
-        s0, e0 = _tok(buf, p, te)
-        s1, e1 = _tok(buf, e0, te)
-        if not _eq(buf, s0, e0, _L_ADDRESS):
+        i = 4 if vs >= 0 else 0
+        _tokens(buf, F, a, i + 2)
+        if not _is(buf, F, i, _L_ADDRESS):
             return ST_SLOW
-        ok1, addr = _hex(buf, s1, e1)
+        ok1, addr = _thex(buf, F, i + 1)
         if not ok1:
             return ST_SLOW
         gfn = addr >> np.uint64(12)
