@@ -195,32 +195,44 @@ def bench_startup() -> list[Row]:
 IMPORT_LINES = int(os.environ.get("KVMCACHE_BENCH_IMPORT_LINES", "1000000"))
 
 
-def write_recording(path: str, n: int) -> None:
-    """A `trace-cmd report`-style recording of ``n`` lines: four vCPU threads, each fault
-    seen as kvm_exit, kvm_page_fault, kvm_mmu_spte_requested, kvm_entry, with a sched_switch
-    now and then."""
+def write_recording(path: str, n: int, perf: bool = False) -> None:
+    """A `trace-cmd report`-style (or, with ``perf``, `perf script`-style) recording of ``n``
+    lines: four vCPU threads, each fault seen as kvm_exit, kvm_page_fault,
+    kvm_mmu_spte_requested, kvm_entry, with a sched_switch now and then."""
     threads = [(f"CPU {v}/KVM", 4242 + v, v) for v in range(4)]
+    systems = {"kvm_mmu_spte_requested": "kvmmmu", "sched_switch": "sched"}
+
+    def ev(name: str) -> str:  # perf: right-aligned `sys:event:`; trace-cmd: padded `event:`
+        if perf:
+            return f"{systems.get(name, 'kvm')}:{name}:".rjust(32)
+        return f"{name}:".ljust(22)
+
     out = []
     i = 0
     while len(out) < n:
         comm, tid, v = threads[i % 4]
         ts = f"{1000 + i // 100_000}.{(i * 9) % 1_000_000:06d}"
-        head = f"{comm:>16}-{tid:<6} [{v:03d}] d.... {ts}:"
+        if perf:
+            head = f"{comm:>16} {tid:>6} [{v:03d}] {ts}:"
+        else:
+            head = f"{comm:>16}-{tid:<6} [{v:03d}] d.... {ts}:"
         gfn = (i * 2654435761) % (1 << 20)
         out.append(
-            f"{head} kvm_exit:             vcpu {v} reason EPT_VIOLATION rip 0xffffffff81000000 "
+            f"{head} {ev('kvm_exit')} vcpu {v} reason EPT_VIOLATION rip 0xffffffff81000000 "
             "info1 0x0000000000000181 info2 0x0000000000000000 intr_info 0x00000000 "
             "error_code 0x00000000"
         )
         out.append(
-            f"{head} kvm_page_fault:       vcpu {v} rip 0xffffffff81000000 "
+            f"{head} {ev('kvm_page_fault')} vcpu {v} rip 0xffffffff81000000 "
             f"address 0x{gfn << 12:016x} error_code 0x181"
         )
-        out.append(f"{head} kvm_mmu_spte_requested: gfn {gfn:x} pfn {0x100000 + gfn:x} level 1")
-        out.append(f"{head} kvm_entry:            vcpu {v}, rip 0xffffffff81000000")
+        out.append(
+            f"{head} {ev('kvm_mmu_spte_requested')} gfn {gfn:x} pfn {0x100000 + gfn:x} level 1"
+        )
+        out.append(f"{head} {ev('kvm_entry')} vcpu {v}, rip 0xffffffff81000000")
         if i % 16 == 0:
             out.append(
-                f"{head} sched_switch:         prev_comm={comm} prev_pid={tid} prev_prio=120 "
+                f"{head} {ev('sched_switch')} prev_comm={comm} prev_pid={tid} prev_prio=120 "
                 "prev_state=S ==> next_comm=swapper/1 next_pid=0 next_prio=120"
             )
         i += 1
@@ -244,6 +256,11 @@ def bench_import(tmp: str) -> list[Row]:
     cmd = [BIN, "import", path, "--as-tdx", "-o", out, "--force"]
     t = median_time(lambda: subprocess.run(cmd, check=True, capture_output=True))
     rows.append(row("import, `kvmcache import` end to end", IMPORT_LINES / t, "lines/s", 300e3))
+    perf_path = os.path.join(tmp, "recording.perf.txt")
+    write_recording(perf_path, IMPORT_LINES, perf=True)
+    import_paths([perf_path], opts)
+    t = median_time(lambda: import_paths([perf_path], opts))
+    rows.append(row("import, library, `perf script` text", IMPORT_LINES / t, "lines/s", 300e3))
     n = 100_000
     lines = open(path).read().splitlines()[:n]
     t = median_time(lambda: mapping.import_text(iter(lines), opts))

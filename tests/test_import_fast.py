@@ -159,6 +159,55 @@ def soup(seed: int, n: int = 400) -> bytes:
     return data
 
 
+PERF_THREADS = [
+    ("CPU 0/KVM", "4242"),
+    ("CPU 1/KVM", "9001/4243"),
+    ("qemu-system-x86", "4100"),
+    ("12", "4244"),  # a COMM of digits
+    ("a b", "5"),
+    ("", "9"),  # perf -F without COMM
+    ("CPU 2/KVM", ""),  # ... or without TID (the thread is the CPU)
+    ("CPU 3/KVM", "04245"),
+    ("swapper", "0"),
+]
+
+
+def perf_soup(seed: int, n: int = 400) -> bytes:
+    """Random `perf script` text (with a few ftrace-layout and irregular lines mixed in, which
+    make the Python lane switch the layout it tries first)."""
+    rng = random.Random(seed)
+    vcpus: dict[str, int] = {}
+    out: list[str] = []
+    systems = {"kvm_mmu_spte_requested": "kvmmmu", "kvm_tdp_mmu_spte_changed": "kvmmmu"}
+    systems |= {"kvm_mmu_split_huge_page": "kvmmmu", "fast_page_fault": "kvmmmu"}
+    systems |= {"kvm_mmu_get_page": "kvmmmu", "mark_mmio_spte": "kvmmmu"}
+    systems |= {"sched_switch": "sched", "irq_handler_entry": "irq"}
+    for i in range(n):
+        r = rng.random()
+        comm, tid = PERF_THREADS[min(int(rng.expovariate(0.8)), len(PERF_THREADS) - 1)]
+        if r < 0.85:
+            event, text = _text(rng, vcpus, tid or "cpu")
+            system = systems.get(event, "kvm")
+            name = rng.choice([f"{system}:{event}:", f"{system}:{event}:", f"{event}:"])
+            period = rng.choice(["", "", "1 ", "250000 "])
+            stamp = rng.choice([_stamp(rng, i), f"{1000 + i}.{i:09d}"])
+            cpu = rng.choice(["000", "1", "012"])
+            head = f"{comm:>16} {tid:>6}".rstrip() if comm or tid else ""
+            line = f"{head} [{cpu}] {stamp}: {period}{name:>34} {text}"
+            if rng.random() < 0.02:
+                line = line.replace(": ", ":", 1)  # no blank after the time: not perf
+            out.append(line)
+        elif r < 0.9:
+            out.append(soup(seed * 1000 + i, 1).decode("utf-8", "replace").rstrip("\r\n"))
+        else:
+            out.append(
+                rng.choice(
+                    ["# perf script", "", "\tffffffff810551b8 func+0x18 ([kernel.kallsyms])"]
+                )
+            )
+    return ("\n".join(out) + "\n").encode()
+
+
 def _run(data: bytes, how: str, opts: ImportOptions):
     imp = Importer(ImportOptions(**opts.__dict__))
     try:
@@ -191,6 +240,21 @@ def test_fast_lane_equals_python_path(seed, monkeypatch):
     assert _run(data, "python", opts) == expected
     rng = random.Random(seed)
     for size in (rng.randint(40, 400), rng.randint(400, 4000), 1 << 20):
+        monkeypatch.setattr(mapping, "READ_BYTES", size)
+        assert _run(data, "fast", opts) == expected, size
+
+
+PERF_OPTIONS = [ImportOptions(), ImportOptions(format="perf-script"), ImportOptions(strict=True)]
+
+
+@pytest.mark.parametrize("seed", range(90))
+def test_fast_lane_equals_python_path_perf(seed, monkeypatch):
+    data = perf_soup(seed)
+    opts = PERF_OPTIONS[seed % len(PERF_OPTIONS)]
+    expected = _run(data, "lines", opts)
+    assert _run(data, "python", opts) == expected
+    rng = random.Random(seed)
+    for size in (rng.randint(40, 400), 1 << 20):
         monkeypatch.setattr(mapping, "READ_BYTES", size)
         assert _run(data, "fast", opts) == expected, size
 

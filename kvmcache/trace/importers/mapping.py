@@ -807,16 +807,15 @@ class _FastLane:
         R, F = self.R, self.F
         pos = 0
         while pos < end:
-            if not reader.ftrace_first:
-                seg_end = end  # perf layout: all in Python
-            elif reader.producer is None:
+            perf = not reader.ftrace_first  # the layout the Python lane tries first
+            if reader.producer is None:
                 # Until the first KVM record names the producer, Python reads a few lines at
                 # a time (then up to the next plain record).
                 ahead = pos + self.AHEAD
                 seg_end = end if ahead >= end else scan.line_end(arr, ahead, end)
-                seg_end = scan.plain_from(arr, seg_end, end, F)
+                seg_end = scan.plain_from(arr, seg_end, end, F, perf)
             else:
-                seg_end = scan.plain_from(arr, pos, end, F)
+                seg_end = scan.plain_from(arr, pos, end, F, perf)
                 if seg_end == pos:
                     if reader.continuing:
                         held = reader.flush()
@@ -826,7 +825,7 @@ class _FastLane:
                     R[scan.R_POS] = pos
                     R[scan.R_LINE] = reader.lines
                     st = scan.scan(
-                        arr, end, eof, R, F, self.ttab, self.t_cur, self.ntab, self.names,
+                        arr, end, eof, perf, R, F, self.ttab, self.t_cur, self.ntab, self.names,
                         self.out_u, self.out_i,
                     )  # fmt: skip
                     reader.lines = int(R[scan.R_LINE])
@@ -836,18 +835,21 @@ class _FastLane:
                         return pos
                     if st == scan.ST_FULL:
                         continue
-                    if st == scan.ST_NAME and self._name(arr, R[scan.R_NAME_S], R[scan.R_NAME_E]):
+                    if st == scan.ST_NAME and self._name(arr, R):
                         continue
                     # ST_SLOW (or a name the table cannot hold): this line goes to Python, with
                     # every line up to the next plain record.
-                    seg_end = scan.plain_from(arr, scan.line_end(arr, pos, end), end, F)
+                    seg_end = scan.plain_from(arr, scan.line_end(arr, pos, end), end, F, perf)
             self._slow(buf[pos:seg_end])
             pos = seg_end
         return pos
 
-    def _name(self, arr: np.ndarray, s: int, e: int) -> bool:
-        """Put the event name ``arr[s:e]`` in the fast lane's table; False when full."""
+    def _name(self, arr: np.ndarray, R: np.ndarray) -> bool:
+        """Put the event name the fast lane asks for (R_NAME_S..R_NAME_E in ``arr``, with its
+        SYS at R_SYS_S..R_SYS_E) in its table; False when the table is full."""
         scan = self.scan
+        s, e = int(R[scan.R_NAME_S]), int(R[scan.R_NAME_E])
+        system = arr[R[scan.R_SYS_S] : R[scan.R_SYS_E]].tobytes().decode("ascii")
         n = e - s
         count, off = self.name_use
         if 2 * (count + 1) > len(self.ntab) or off + n > len(self.names):
@@ -856,7 +858,7 @@ class _FastLane:
         imp = self.imp
         c = imp._classes.get(name)
         if c is None:
-            c = imp._classify("", name)
+            c = imp._classify(system, name)
         if c in (C_KVM, C_MMU) and not any(k in name for k in KVM_KEYWORDS):
             # Known as KVM from a perf `kvmmmu:` record, but the Python reader only looks at a
             # plain line for KVM records when it names a keyword: let it decide.

@@ -1,18 +1,19 @@
-"""The compiled fast lane of the text importer: plain ftrace / trace-cmd record lines, parsed
-straight from the bytes of the input.
+"""The compiled fast lane of the text importer: plain record lines, parsed straight from the
+bytes of the input.
 
-Python's `re` costs about 2.5 us per record line for the header alone, so a pure-Python
-importer cannot read 300,000 lines a second. This module parses the common case in numba:
-one record per line, in the `COMM-PID [(TGID)] [CPU] [FLAGS] SECONDS.FRACTION: EVENT: TEXT`
-layout, printable ASCII only, of an event name and a thread the importer already knows, with
-no vCPU change. It applies exactly the rules of :meth:`Importer._consume
-<kvmcache.trace.importers.mapping.Importer._consume>` to those lines (counting them and
-emitting their events) and hands every other line back to the Python path, which stays the
-one definition of the rules: a line it cannot classify alone (a new thread, a vCPU change,
-an event name not seen yet, a header, a wrapped or stack line, an unparseable record, a
-perf layout) ends the fast run, and the Python reader takes over until the next plain
-record. A record is only taken here when the line after it is a plain record too, so no
-continuation line can belong to it. See docs/import.md, section "Speed".
+Python's `re` costs about 2.5 us per line for a record header alone, so a pure-Python importer
+cannot read 300,000 lines a second. This module parses the common case in numba: one record
+per line, printable ASCII, in the layout the Python lane tries first (ftrace / trace-cmd
+`COMM-PID [(TGID)] [CPU] [FLAGS] SECONDS.FRACTION: EVENT: TEXT`, or perf script
+`COMM [PID/]TID [CPU] SECONDS.FRACTION: [PERIOD] SYS:EVENT: TEXT`), of an event name and a
+thread the importer already knows, with no vCPU change. It applies exactly the rules of
+:meth:`Importer._consume <kvmcache.trace.importers.mapping.Importer._consume>` to those lines
+(counting them and emitting their events) and hands every other line back to the Python lane,
+which stays the one definition of the rules: a line it cannot classify alone (a new thread, a
+vCPU change, an event name not seen yet, a header, a wrapped or stack line, an unparseable
+record, the other layout) ends the fast run, and the Python reader takes over until the next
+plain record. A record is only taken here when the line after it is a plain record too, so no
+continuation line can belong to it. See docs/import.md, section 7.
 
 numba is imported by this module only, and only when an import is large enough to use it.
 """
@@ -60,7 +61,9 @@ R_NOEV_CHG = 10
 R_NOEV_SPLIT = 11
 R_NAME_S = 12
 R_NAME_E = 13
-N_REGS = 14
+R_SYS_S = 14  # and its SYS (perf), an empty span otherwise
+R_SYS_E = 15
+N_REGS = 16
 
 # Parsed header fields of one line (F, int64; two lines side by side, at 0 and NF), then the
 # token spans of the text being mapped.
@@ -75,7 +78,9 @@ F_EV_E = 7
 F_TXT = 8
 F_VCPU = 9  # N of a text starting `vcpu N`; -1 without, -2 when N has 10 digits or more
 F_START = 10
-NF = 11
+F_SYS_S = 11  # the SYS of `SYS:EVENT:` (perf); empty in the ftrace layout
+F_SYS_E = 12
+NF = 13
 F_TOK = 2 * NF  # token spans of the line being mapped (start, end), up to MAX_TOKENS
 MAX_TOKENS = 11
 F_SIZE = F_TOK + 2 * MAX_TOKENS
@@ -241,9 +246,10 @@ def _dec(buf, s, e):
 
 
 @_jit
-def _head(buf, p, end, F, o):
-    """Parse the record header of the line at ``p`` into ``F[o:o + NF]``; True when the line is
-    a plain record (see the module docstring). ``F[o + F_NEXT]`` is set in every case."""
+def _head(buf, p, end, F, o, perf):
+    """Parse the record header of the line at ``p`` into ``F[o:o + NF]``, in the perf script
+    layout when ``perf`` is set, else ftrace / trace-cmd; True when the line is a plain
+    record (see the module docstring). ``F[o + F_NEXT]`` is set in every case."""
     q = p
     lb = -1
     clean = True
@@ -263,40 +269,14 @@ def _head(buf, p, end, F, o):
         return False
     eol = q - 1 if q > p and buf[q - 1] == 13 else q
     F[o + F_EOL] = eol
-    # COMM-PID [(TGID)] before the first `[`.
     i = p
     while i < lb and _ws(buf[i]):
         i += 1
-    j = _before_blanks(buf, lb - 1, i)
-    if j < 0:
-        return False
-    if buf[j] == 41:  # `)`: a TGID column `([ \t]*[\d-]*[ \t]*)`
-        k = j - 1
-        while k >= i and _ws(buf[k]):
-            k -= 1
-        while k >= i and (_digit(buf[k]) or buf[k] == 45):
-            k -= 1
-        while k >= i and _ws(buf[k]):
-            k -= 1
-        if k < i or buf[k] != 40:
+    if perf:
+        if not _perf_thread(buf, i, lb, F, o):
             return False
-        j = _before_blanks(buf, k - 1, i)
-        if j < 0:
-            return False
-    d_end = j + 1
-    while j >= i and _digit(buf[j]):
-        j -= 1
-    if j + 1 == d_end or j < i or buf[j] != 45:
+    elif not _ftrace_thread(buf, i, lb, F, o):
         return False
-    d_start = j + 1
-    nd = d_end - d_start
-    if nd > 9 or (nd > 1 and buf[d_start] == 48):
-        F[o + F_TID] = -1
-    else:
-        t = 0
-        for k in range(d_start, d_end):
-            t = t * 10 + (buf[k] - 48)
-        F[o + F_TID] = t
     # [CPU]
     k = _digits_to(buf, lb + 1, eol, 93)
     if k < 0:
@@ -306,32 +286,12 @@ def _head(buf, p, end, F, o):
         return False
     while k < eol and _ws(buf[k]):
         k += 1
-    # [FLAGS] SECONDS.FRACTION:
-    te = k
-    while te < eol and not _ws(buf[te]):
-        te += 1
-    ts_at = -1
-    if 4 <= te - k <= 5 and te < eol:
-        k2 = te
-        while k2 < eol and _ws(buf[k2]):
-            k2 += 1
-        if _stamp(buf, k2, eol, F, o):
-            ts_at = k2
-    if ts_at < 0:
-        if not _stamp(buf, k, eol, F, o):
-            return False
-    k = F[o + F_FRAC_E] + 1  # after the colon
-    # EVENT:
-    while k < eol and _ws(buf[k]):
-        k += 1
-    s = k
-    while k < eol and _word(buf[k]):
-        k += 1
-    if k == s or k >= eol or buf[k] != 58:
+    if perf:
+        k = _perf_event(buf, k, eol, F, o)
+    else:
+        k = _ftrace_event(buf, k, eol, F, o)
+    if k < 0:
         return False
-    F[o + F_EV_S] = s
-    F[o + F_EV_E] = k
-    k += 1
     while k < eol and _ws(buf[k]):
         k += 1
     F[o + F_TXT] = k
@@ -353,6 +313,140 @@ def _head(buf, p, end, F, o):
             m += 1
         F[o + F_VCPU] = v if m - (k + 5) <= 9 else -2
     return True
+
+
+@_jit
+def _ftrace_thread(buf, i, lb, F, o):
+    """`COMM-PID [(TGID)] ` from ``i`` up to the `[` at ``lb``: F_TID; False when absent."""
+    j = _before_blanks(buf, lb - 1, i)
+    if j < 0:
+        return False
+    if buf[j] == 41:  # `)`: a TGID column `([ \t]*[\d-]*[ \t]*)`
+        k = j - 1
+        while k >= i and _ws(buf[k]):
+            k -= 1
+        while k >= i and (_digit(buf[k]) or buf[k] == 45):
+            k -= 1
+        while k >= i and _ws(buf[k]):
+            k -= 1
+        if k < i or buf[k] != 40:
+            return False
+        j = _before_blanks(buf, k - 1, i)
+        if j < 0:
+            return False
+    d = _digits_back(buf, j, i)
+    if d < 0 or d == i or buf[d - 1] != 45:  # the dash before the PID
+        return False
+    F[o + F_TID] = _plain_number(buf, d, j + 1)
+    return True
+
+
+@_jit
+def _perf_thread(buf, i, lb, F, o):
+    """`COMM [PID/]TID ` from ``i`` up to the `[` at ``lb`` (COMM not empty): F_TID; False
+    otherwise (perf -F without COMM or TID is left to the Python lane)."""
+    j = _before_blanks(buf, lb - 1, i)
+    if j < 0:
+        return False
+    d = _digits_back(buf, j, i)
+    if d < 0:
+        return False
+    c = d
+    if d > i and buf[d - 1] == 47:  # `PID/`
+        c = _digits_back(buf, d - 2, i)
+        if c < 0:
+            return False
+    if _before_blanks(buf, c - 1, i) < 0:  # blanks, then a COMM of one character or more
+        return False
+    F[o + F_TID] = _plain_number(buf, d, j + 1)
+    return True
+
+
+@_jit
+def _ftrace_event(buf, k, eol, F, o):
+    """`[FLAGS] SECONDS.FRACTION: EVENT:` at ``k``: the offset after the event's colon, or -1."""
+    te = k
+    while te < eol and not _ws(buf[te]):
+        te += 1
+    ts_at = -1
+    if 4 <= te - k <= 5 and te < eol:
+        k2 = te
+        while k2 < eol and _ws(buf[k2]):
+            k2 += 1
+        if _stamp(buf, k2, eol, F, o):
+            ts_at = k2
+    if ts_at < 0 and not _stamp(buf, k, eol, F, o):
+        return -1
+    k = F[o + F_FRAC_E] + 1
+    while k < eol and _ws(buf[k]):
+        k += 1
+    s = k
+    while k < eol and _word(buf[k]):
+        k += 1
+    if k == s or k >= eol or buf[k] != 58:
+        return -1
+    F[o + F_EV_S] = s
+    F[o + F_EV_E] = k
+    F[o + F_SYS_S] = F[o + F_SYS_E] = s
+    return k + 1
+
+
+@_jit
+def _perf_event(buf, k, eol, F, o):
+    """`SECONDS.FRACTION: [PERIOD] SYS:EVENT:` at ``k`` (one blank or more after the time):
+    the offset after the event's colon, or -1 (an event without SYS: is left to Python)."""
+    if not _stamp(buf, k, eol, F, o):
+        return -1
+    k = F[o + F_FRAC_E] + 1
+    if k >= eol or not _ws(buf[k]):
+        return -1
+    while k < eol and _ws(buf[k]):
+        k += 1
+    d = k
+    while d < eol and _digit(buf[d]):
+        d += 1
+    if d > k and d < eol and _ws(buf[d]):  # PERIOD
+        k = d
+        while k < eol and _ws(buf[k]):
+            k += 1
+    s = k
+    while k < eol and (_word(buf[k]) and buf[k] != 46 and buf[k] != 45):  # \w
+        k += 1
+    if k == s or k >= eol or buf[k] != 58:
+        return -1
+    F[o + F_SYS_S] = s
+    F[o + F_SYS_E] = k
+    k += 1
+    e = k
+    while k < eol and _word(buf[k]):
+        k += 1
+    if k == e or k >= eol or buf[k] != 58:
+        return -1
+    F[o + F_EV_S] = e
+    F[o + F_EV_E] = k
+    return k + 1
+
+
+@_jit
+def _digits_back(buf, j, i):
+    """The start of the run of one or more digits ending at ``j`` (not below ``i``), or -1."""
+    d = j
+    while d >= i and _digit(buf[d]):
+        d -= 1
+    return d + 1 if d < j else -1
+
+
+@_jit
+def _plain_number(buf, s, e):
+    """The digits ``buf[s:e]`` as a number when written plainly (no leading zero, at most 9
+    digits), else -1: a thread key the fast lane can know."""
+    n = e - s
+    if n > 9 or (n > 1 and buf[s] == 48):
+        return -1
+    t = 0
+    for k in range(s, e):
+        t = t * 10 + (buf[k] - 48)
+    return t
 
 
 @_jit
@@ -498,20 +592,20 @@ def line_end(buf, p, end):
 
 
 @_jit
-def plain_from(buf, p, end, F):
+def plain_from(buf, p, end, F, perf):
     """Offset of the first line at or after ``p`` that is a plain record (``end`` if none)."""
     while p < end:
-        if _head(buf, p, end, F, 0):
+        if _head(buf, p, end, F, 0, perf):
             return p
         p = F[F_NEXT]
     return end
 
 
 @_jit
-def scan(buf, end, eof, R, F, ttab, t_cur, ntab, names, out_u, out_i):
+def scan(buf, end, eof, perf, R, F, ttab, t_cur, ntab, names, out_u, out_i):
     """Take plain record lines from ``R[R_POS]`` on; return a status ``ST_*``."""
     p = R[R_POS]
-    if not _head(buf, p, end, F, 0):
+    if not _head(buf, p, end, F, 0, perf):
         return ST_SLOW
     cap = out_u.shape[1]
     a = 0  # where in F the current line's fields are; the next line's are at NF - a
@@ -521,7 +615,7 @@ def scan(buf, end, eof, R, F, ttab, t_cur, ntab, names, out_u, out_i):
         if nxt >= end:
             if not eof:
                 return ST_MORE
-        elif not _head(buf, nxt, end, F, b):
+        elif not _head(buf, nxt, end, F, b, perf):
             return ST_SLOW
         st = _take(buf, R, F, a, ttab, t_cur, ntab, names, out_u, out_i, cap)
         if st != ST_MORE:
@@ -542,6 +636,8 @@ def _take(buf, R, F, a, ttab, t_cur, ntab, names, out_u, out_i, cap):
     if c < 0:
         R[R_NAME_S] = s
         R[R_NAME_E] = e
+        R[R_SYS_S] = F[a + F_SYS_S]
+        R[R_SYS_E] = F[a + F_SYS_E]
         return ST_NAME
     if c == C_ASK:
         return ST_SLOW
