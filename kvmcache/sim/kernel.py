@@ -128,6 +128,8 @@ Z_NRANGES = 86
 Z_HCAP = 87  # hash capacity (a power of two)
 Z_HSHIFT = 88  # 64 - log2(Z_HCAP)
 Z_SLOTS = 89  # table slot capacity; leaves of slot s are lf[512 s .. 512 s + 511]
+O_PBITS = 90  # presence bitmap of 4 KiB leaves: bit gfn of root r at word r * Z_PBITS + gfn/64
+Z_PBITS = 91  # words per root (a multiple of 8: whole 2 MiB regions); gfns beyond: lf only
 # Counters and the histogram:
 CB = 128
 HB = 256
@@ -232,6 +234,8 @@ LAYOUT = N_COUNTERS * 1000 + CB * 10 + FIXED % 10
 M32 = np.uint64(0xFFFFFFFF)
 SH32 = np.uint64(32)
 U64_ONE = np.uint64(1)
+#: BIT[k] = 1 << k as int64 (bit 63 included), for the presence bitmap.
+BIT = (np.uint64(1) << np.arange(64, dtype=np.uint64)).view(np.int64)
 
 
 # ---------------------------------------------------------------------------------------
@@ -756,6 +760,40 @@ def _clear_block(lf, slot):
         lf[base + j] = 0
 
 
+# The presence bitmap mirrors "the level-1 leaf entry of (root, gfn) is not 0" for gfns below
+# gfn_limit: the spurious check of a 4 KiB fault (most events) reads one bit from a bitmap
+# that stays in the caches instead of a 32-bit entry of a leaf block that does not.
+
+
+@njit(**JIT)
+def _pbit_word(m, root, gfn):
+    """Index in m of the bitmap word of (root, gfn), or -1 beyond the bitmap."""
+    w = gfn >> 6
+    n = m[Z_PBITS]
+    if w >= n or w < 0:
+        return -1
+    return m[O_PBITS] + root * n + w
+
+
+@njit(**JIT)
+def _pbit_set(m, root, gfn, on):
+    i = _pbit_word(m, root, gfn)
+    if i >= 0:
+        if on:
+            m[i] |= BIT[gfn & 63]
+        else:
+            m[i] &= ~BIT[gfn & 63]
+
+
+@njit(**JIT)
+def _pbits_table(m, root, idx, value):
+    """All 512 bits of level-1 table idx (gfns 512 idx ..) to ``value`` (0 or -1)."""
+    i = _pbit_word(m, root, idx * 512)
+    if i >= 0:
+        for j in range(8):
+            m[i + j] = value
+
+
 @njit(**JIT)
 def _zap_direct(m, lf, g, gfn):
     """Zap the direct subtree under the level-g entry for gfn (5.9): g is 2 or 3.
@@ -765,6 +803,7 @@ def _zap_direct(m, lf, g, gfn):
     if g == 2:
         s1 = _tfind(m, DIRECT, 1, gfn >> 9)
         _clear_block(lf, s1)
+        _pbits_table(m, DIRECT, gfn >> 9, 0)
         _free_table(m, s1, DIRECT)
     else:
         t2 = gfn >> 18
@@ -773,6 +812,7 @@ def _zap_direct(m, lf, g, gfn):
             s1 = _tfind(m, DIRECT, 1, t1)
             if _slot_present(m, s1):
                 _clear_block(lf, s1)
+                _pbits_table(m, DIRECT, t1, 0)
         _clear_block(lf, s2)
         for t1 in range(t2 * 512, t2 * 512 + 512):
             s1 = _tfind(m, DIRECT, 1, t1)
@@ -916,6 +956,8 @@ def _vm_destroy(m, lf):
                         lf[base + j] = 0
                         if put:
                             _put_range(m, np.int64(r1) - 1)
+                if k == 1:
+                    _pbits_table(m, root, key >> 4, 0)
     # Free every table, deepest level first (within a level in slot order: after the
     # vCPUs are gone no counter depends on the order of these frees and puts).
     for k in range(1, L):
@@ -963,7 +1005,11 @@ def _fault(m, lf, v, gfn, pfn, g, private):
         _vcpu_create(m, v)
     _topup(m, v)
     root = MIRROR if private else DIRECT
-    for lv in range(1, 4):
+    pw = _pbit_word(m, root, gfn)
+    if pw >= 0 and (m[pw] & BIT[gfn & 63]) != 0:
+        m[C_FAULTS_SPURIOUS] += 1
+        return
+    for lv in range(1 if pw < 0 else 2, 4):
         li = _leaf(m, root, lv, gfn)
         if li >= 0 and lf[li] != 0:
             m[C_FAULTS_SPURIOUS] += 1
@@ -988,6 +1034,7 @@ def _fault(m, lf, v, gfn, pfn, g, private):
     li = _leaf(m, root, g, gfn)
     lf[li] = (pfn >> 9) + 1
     if g == 1:
+        _pbit_set(m, root, gfn, True)
         m[C_LEAVES_4K] += 1
         if root == MIRROR and m[P_DPAMT] != 0:
             while not _get(m, pfn, True, v):
@@ -1013,6 +1060,8 @@ def _unmap(m, lf, gfn, level, private):
         return
     r1 = lf[li]
     lf[li] = 0
+    if level == 1:
+        _pbit_set(m, root, gfn, False)
     if level == 1 and root == MIRROR and m[P_DPAMT] != 0:
         _put_range(m, np.int64(r1) - 1)
 
@@ -1054,6 +1103,7 @@ def _split(m, lf, gfn, private):
     base = 512 * slot
     for j in range(512):
         lf[base + j] = r2
+    _pbits_table(m, root, id2, -1)
     m[C_SPLITS] += 1
 
 

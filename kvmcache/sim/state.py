@@ -25,6 +25,8 @@ from kvmcache.trace.events import TraceHeader
 #: Refuse a model whose state would need more address space than this.
 MAX_STATE_BYTES = 64 << 30
 INITIAL_VCPUS = 8
+#: gfns the presence bitmap of 4 KiB leaves covers at most (128 GiB of guest: 4 MiB per root).
+PBITS_MAX_GFNS = 1 << 25
 INITIAL_FSTACK = 1 << 16
 INITIAL_SLOTS = 1024
 
@@ -43,6 +45,7 @@ REGIONS = (
     ("pair", K.O_PAIR),
     ("cached", K.O_CACHED),
     ("hkey", K.O_HKEY),
+    ("pbits", K.O_PBITS),
     ("skey", K.O_SKEY),
     ("sspt", K.O_SSPT),
     ("ssept", K.O_SSEPT),
@@ -105,6 +108,7 @@ def _sizes(m: np.ndarray) -> dict[str, int]:
         "pair": 2 * nr,
         "cached": nr,
         "hkey": 2 * nh,  # key, slot pairs
+        "pbits": 2 * int(m[K.Z_PBITS]),
         "skey": ns,
         "sspt": ns,
         "ssept": ns,
@@ -203,6 +207,8 @@ def build(
     fixed[K.Z_PAMT] = max(target, 1)
     fixed[K.Z_VCTRL] = max(ctrl, 1)
     fixed[K.Z_NRANGES] = nranges
+    # The presence bitmap covers gfn_limit in whole 2 MiB regions, up to PBITS_MAX_GFNS.
+    fixed[K.Z_PBITS] = 8 * -(-min(header.gfn_limit, PBITS_MAX_GFNS) // 512)
     _size_tables(fixed, INITIAL_SLOTS)
     m = _layout(fixed)
     lf = np.zeros(512 * INITIAL_SLOTS, dtype=np.uint32)
