@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import ctypes
 import os
 import re
 import shutil
@@ -43,6 +42,21 @@ def _demangle(name: str) -> str:
         return name[:48]
     short = name[m.end() : m.end() + int(m.group(1))]
     return short if name.startswith("_ZN") else f"{name.split('_ZN')[0][:16]}{short}"
+
+
+def _read_code(addr: int, size: int) -> bytes:
+    """Up to ``size`` bytes of this process's memory at ``addr``, stopping at the first page
+    that is not mapped (read through /proc/self/mem, which fails instead of crashing)."""
+    out = bytearray()
+    with open("/proc/self/mem", "rb", buffering=0) as mem:
+        while len(out) < size:
+            at = addr + len(out)
+            n = min(size - len(out), 4096 - at % 4096)
+            try:
+                out += os.pread(mem.fileno(), n, at)
+            except OSError:
+                break
+    return bytes(out)
 
 
 def child(args: argparse.Namespace, out_dir: str) -> None:
@@ -81,7 +95,7 @@ def child(args: argparse.Namespace, out_dir: str) -> None:
             short = _demangle(name)
             fh.write(f"{addr:x} {size:x} {short}\n")
             with open(os.path.join(out_dir, f"{addr:x}.bin"), "wb") as code:
-                code.write(ctypes.string_at(addr, size))
+                code.write(_read_code(addr, size))
     t0 = time.perf_counter()
     for _ in range(args.runs):
         replay_events(header, ev, args.alloc, validate=False)

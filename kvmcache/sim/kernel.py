@@ -1006,7 +1006,7 @@ def _fault(m, lf, v, gfn, pfn, g, private):
     _topup(m, v)
     root = MIRROR if private else DIRECT
     pw = _pbit_word(m, root, gfn)
-    if pw >= 0 and (m[pw] & BIT[gfn & 63]) != 0:
+    if pw >= 0 and (m[pw] >> (gfn & 63)) & 1 != 0:
         m[C_FAULTS_SPURIOUS] += 1
         return
     for lv in range(1 if pw < 0 else 2, 4):
