@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from clirun import run as run_cli
 from rich.console import Console
 
-from kvmcache.cli import main
 from kvmcache.report.compare import (
     KEY_FIGURES,
     fmt_delta,
@@ -33,16 +33,8 @@ G07 = str(GOLDEN / "07-pamt-pairs-1-retry.yaml")
 G10 = str(GOLDEN / "10-vmx-1g-spurious.yaml")
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    """The real entry point in-process; (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as e:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
 def compare_json(capsys, *argv: str) -> dict:
-    code, out, err = run(capsys, "compare", *argv, "--format", "json", "--no-progress")
+    code, out, err = run_cli(capsys, "compare", *argv, "--format", "json", "--no-progress")
     assert (code, err) == (0, ""), err
     return json.loads(out)
 
@@ -125,7 +117,7 @@ def test_runs_equal_separate_replays(capsys, trace):
 
 
 def run_replay(capsys, trace: str, alloc: str) -> tuple[int, str, str]:
-    return run(capsys, "replay", trace, "--alloc", alloc, "--format", "json", "--no-progress")
+    return run_cli(capsys, "replay", trace, "--alloc", alloc, "--format", "json", "--no-progress")
 
 
 def test_threads_do_not_change_results(capsys):
@@ -134,7 +126,7 @@ def test_threads_do_not_change_results(capsys):
     assert one == two
 
 
-def test_set_and_config_apply_to_every_run(capsys, tmp_path):
+def test_set_and_config_apply_to_every_run_cli(capsys, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("capacity: 3\nmin_desc: 0\nmin_sept: 0\n")
     doc = compare_json(
@@ -173,7 +165,7 @@ def test_stdin_binary_trace(tmp_path):
 
 
 def test_csv_one_row_per_strategy(capsys):
-    code, out, err = run(capsys, "compare", G01, "--format", "csv")
+    code, out, err = run_cli(capsys, "compare", G01, "--format", "csv")
     assert (code, err) == (0, "")
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [r["alloc"] for r in rows] == list(STRATEGIES)
@@ -229,19 +221,19 @@ def test_table_cells(width):
 
 
 def test_table_format_on_the_command_line(capsys):
-    code, out, err = run(capsys, "compare", G06, "--format", "table", "--all-counters")
+    code, out, err = run_cli(capsys, "compare", G06, "--format", "table", "--all-counters")
     assert (code, err) == (0, "")
     assert "kvmcache compare" in out and "NO" in out
 
 
 def test_unknown_alloc_is_usage_error(capsys):
-    code, out, err = run(capsys, "compare", G01, "--alloc", "dpamt-magic")
+    code, out, err = run_cli(capsys, "compare", G01, "--alloc", "dpamt-magic")
     assert code == 2 and out == ""
 
 
 def test_missing_trace_is_usage_error(capsys, tmp_path):
     missing = os.path.join(tmp_path, "nope.kvmt")
-    code, out, err = run(capsys, "compare", missing)
+    code, out, err = run_cli(capsys, "compare", missing)
     assert code == 2 and out == ""
     assert err == f"kvmcache: error: {missing}: no such file\n"
 
@@ -250,7 +242,7 @@ def test_table_to_a_pipe_is_wide_enough_not_to_wrap(capsys, monkeypatch):
     """Piped, the table is laid out for PIPE_WIDTH columns: one line per counter, every
     strategy's value on it (rich alone would wrap it at 80)."""
     monkeypatch.delenv("COLUMNS", raising=False)
-    code, out, err = run(capsys, "compare", G07, "--format", "table", "--no-progress")
+    code, out, err = run_cli(capsys, "compare", G07, "--format", "table", "--no-progress")
     assert code == 0, err
     rows = [line for line in out.splitlines() if "PAMT.ADD" in line]
     assert len(rows) == 1

@@ -11,8 +11,9 @@ import sys
 
 import numpy as np
 import pytest
+from clirun import error_line as one_error_line
+from clirun import run
 
-from kvmcache.cli import main
 from kvmcache.commands import convert as convert_mod
 from kvmcache.trace import open_trace
 from kvmcache.trace.binary import pack_header, write_binary
@@ -41,21 +42,6 @@ events:
   - {op: unmap, gfn: 0x1000, level: 4k, private: true}
   - {ts: 40, op: vm_destroy}
 """
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    """Run the real entry point; (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as e:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
-def one_error_line(err: str) -> str:
-    assert err.endswith("\n") and err.count("\n") == 1, err
-    assert err.startswith("kvmcache: error: ")
-    assert "Traceback" not in err
-    return err[len("kvmcache: error: ") : -1]
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from clirun import run
 
-from kvmcache.cli import main
 from kvmcache.errors import KvmcacheError
 from kvmcache.gates import Limit, parse_limit, relative_exceeded
 from kvmcache.sim import replay as replay_mod
@@ -22,14 +22,6 @@ G07 = str(GOLDEN / "07-pamt-pairs-1-retry.yaml")
 
 # golden 06 (capacity 3, every min 0) under dpamt-alloc: 10 idle cache pages at peak,
 # 37 pages allocated, 19 allocations under mmu_lock, no fault retry.
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    """The real entry point in-process; (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as e:
-        main([*argv, "--no-progress"])
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 def replay06(capsys, *extra: str) -> tuple[int, str, str]:

@@ -17,8 +17,8 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from clirun import error_line, run
 
-from kvmcache.cli import main
 from kvmcache.trace import open_trace
 from kvmcache.trace.events import EVENT_DTYPE, OP_FAULT, OP_SPLIT, OP_UNMAP
 from kvmcache.trace.importers.mapping import (
@@ -56,20 +56,6 @@ def rows(events: np.ndarray) -> list[tuple[int, ...]]:
         )
         for e in events
     ]
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    """Run the real entry point; (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as e:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
-def error_line(err: str) -> str:
-    assert err.endswith("\n") and err.count("\n") == 1, err
-    assert err.startswith("kvmcache: error: ") and "Traceback" not in err
-    return err[len("kvmcache: error: ") : -1]
 
 
 def accounted(stats) -> None:
@@ -644,53 +630,27 @@ def test_cli_strict(capsys, tmp_path):
 
 def test_cli_limits(capsys, tmp_path):
     out = str(tmp_path / "l.kvmt")
-    code, _, err = run(
-        capsys,
-        "import",
-        fixture("perf_script.txt"),
-        "-o",
-        out,
-        "--guest-memory",
-        "1MiB",
-        "--host-memory",
-        "1GiB",
-    )
+    src = fixture("perf_script.txt")
+
+    def imp(guest: str, host: str | None = None) -> tuple[int, str, str]:
+        sizes = ["--guest-memory", guest] + (["--host-memory", host] if host else [])
+        return run(capsys, "import", src, "-o", out, *sizes)
+
+    code, _, err = imp("1MiB", "1GiB")
     assert code == 2
     assert error_line(err) == (
-        f"{fixture('perf_script.txt')}:2: fault gfn 0x100 is beyond --guest-memory (gfn_limit 0x100)"
+        f"{src}:2: fault gfn 0x100 is beyond --guest-memory (gfn_limit 0x100)"
     )
-    code, _, err = run(
-        capsys,
-        "import",
-        fixture("perf_script.txt"),
-        "-o",
-        out,
-        "--guest-memory",
-        "16MiB",
-        "--host-memory",
-        "64K",
-    )
+    code, _, err = imp("16MiB", "64K")
     assert code == 2
     assert error_line(err) == (
-        f"{fixture('perf_script.txt')}:2: fault pfn 0x5100 is beyond --host-memory (host_pfn_limit 0x10)"
+        f"{src}:2: fault pfn 0x5100 is beyond --host-memory (host_pfn_limit 0x10)"
     )
-    code, _, err = run(
-        capsys,
-        "import",
-        fixture("perf_script.txt"),
-        "-o",
-        out,
-        "--guest-memory",
-        "16MiB",
-        "--host-memory",
-        "1GiB",
-    )
+    code, _, err = imp("16MiB", "1GiB")
     assert code == 0
     h = open_trace(out).header
     assert (h.gfn_limit, h.host_pfn_limit) == (4096, 262144)
-    code, _, err = run(
-        capsys, "import", fixture("perf_script.txt"), "-o", out, "--guest-memory", "lots"
-    )
+    code, _, err = imp("lots")
     assert code == 2 and "--guest-memory 'lots' is not a size" in error_line(err)
 
 

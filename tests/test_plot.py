@@ -8,8 +8,8 @@ import json
 import os
 
 import pytest
+from clirun import error_line, run
 
-from kvmcache.cli import main
 from kvmcache.report import plots, sweepfmt
 from kvmcache.report.jsonfmt import replay_document
 from kvmcache.sim import sweep
@@ -22,19 +22,6 @@ TIGHT = os.path.join(GOLDEN, "06-tight-cache-alloc-under-lock.yaml")  # 4 events
 RETRY = os.path.join(GOLDEN, "07-pamt-pairs-1-retry.yaml")  # 4 events, fault retries
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
-def error_line(err: str) -> str:
-    assert err.endswith("\n") and err.count("\n") == 1, err
-    assert err.startswith("kvmcache: error: ") and "Traceback" not in err
-    return err[len("kvmcache: error: ") : -1]
 
 
 def timeline(capsys, tmp_path, trace: str, alloc: str, every: int = 2):

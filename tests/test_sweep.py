@@ -9,8 +9,8 @@ import json
 import os
 
 import pytest
+from clirun import error_line, run
 
-from kvmcache.cli import main
 from kvmcache.errors import KvmcacheError
 from kvmcache.report import sweepfmt
 from kvmcache.sim import sweep
@@ -22,20 +22,6 @@ GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 RETRY = os.path.join(GOLDEN, "07-pamt-pairs-1-retry.yaml")  # params: pamt_pairs 1, spread 64
 TIGHT = os.path.join(GOLDEN, "06-tight-cache-alloc-under-lock.yaml")  # params: capacity 3, mins 0
 TWO = os.path.join(GOLDEN, "03-two-vcpus-shared-and-private.yaml")
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    """Run the real entry point; (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as e:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
-def error_line(err: str) -> str:
-    assert err.endswith("\n") and err.count("\n") == 1, err
-    assert err.startswith("kvmcache: error: ") and "Traceback" not in err
-    return err[len("kvmcache: error: ") : -1]
 
 
 # ------------------------------------------------------------------------ grid parsing

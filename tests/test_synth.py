@@ -8,8 +8,9 @@ import sys
 
 import numpy as np
 import pytest
+from clirun import error_line as one_error_line
+from clirun import run
 
-from kvmcache.cli import main
 from kvmcache.errors import KvmcacheError
 from kvmcache.trace import InMemoryTrace, open_trace, synth
 from kvmcache.trace.events import (
@@ -59,20 +60,6 @@ def gen(scenario: str, **kwargs) -> tuple[TraceHeader, np.ndarray]:
     header, blocks = synth.generate(scenario, **kwargs)
     parts = list(blocks)
     return header, np.concatenate(parts) if parts else np.zeros(0, EVENT_DTYPE)
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    """Run the real entry point; (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as e:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
-def one_error_line(err: str) -> str:
-    assert err.endswith("\n") and err.count("\n") == 1, err
-    assert err.startswith("kvmcache: error: ") and "Traceback" not in err
-    return err[len("kvmcache: error: ") : -1]
 
 
 # --- an independent checker of what MODEL.md allows -------------------------------------------

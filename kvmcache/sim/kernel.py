@@ -753,13 +753,6 @@ def _free_table(m, slot, root):
     m[C_TABLES_FREED] += 1
 
 
-@njit(**JIT)
-def _clear_block(lf, slot):
-    base = 512 * slot
-    for j in range(512):
-        lf[base + j] = 0
-
-
 # The presence bitmap mirrors "the level-1 leaf entry of (root, gfn) is not 0" for gfns below
 # gfn_limit: the spurious check of a 4 KiB fault (most events) reads one bit from a bitmap
 # that stays in the caches instead of a 32-bit entry of a leaf block that does not.
@@ -795,6 +788,17 @@ def _pbits_table(m, root, idx, value):
 
 
 @njit(**JIT)
+def _clear_block(m, lf, slot):
+    """Clear the leaves of table ``slot`` (and, for a level-1 table, their bits)."""
+    base = 512 * slot
+    for j in range(512):
+        lf[base + j] = 0
+    key = m[m[O_SKEY] + slot] - 1
+    if (key >> 1) & 7 == 1:
+        _pbits_table(m, key & 1, key >> 4, 0)
+
+
+@njit(**JIT)
 def _zap_direct(m, lf, g, gfn):
     """Zap the direct subtree under the level-g entry for gfn (5.9): g is 2 or 3.
 
@@ -802,8 +806,7 @@ def _zap_direct(m, lf, g, gfn):
     """
     if g == 2:
         s1 = _tfind(m, DIRECT, 1, gfn >> 9)
-        _clear_block(lf, s1)
-        _pbits_table(m, DIRECT, gfn >> 9, 0)
+        _clear_block(m, lf, s1)
         _free_table(m, s1, DIRECT)
     else:
         t2 = gfn >> 18
@@ -811,9 +814,8 @@ def _zap_direct(m, lf, g, gfn):
         for t1 in range(t2 * 512, t2 * 512 + 512):
             s1 = _tfind(m, DIRECT, 1, t1)
             if _slot_present(m, s1):
-                _clear_block(lf, s1)
-                _pbits_table(m, DIRECT, t1, 0)
-        _clear_block(lf, s2)
+                _clear_block(m, lf, s1)
+        _clear_block(m, lf, s2)
         for t1 in range(t2 * 512, t2 * 512 + 512):
             s1 = _tfind(m, DIRECT, 1, t1)
             if _slot_present(m, s1):

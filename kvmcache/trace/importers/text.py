@@ -141,6 +141,7 @@ class LineReader:
             for lineno, line in enumerate(lines, start):
                 # Fast path: a line that names no KVM event is not a record we map (the test
                 # of KVM_KEYWORDS, written out).
+                m = mq = None
                 if "kvm" in line or "mmio_" in line or "_page_fault" in line:
                     m = first(line)
                     if m is None and other is not None:
@@ -148,34 +149,26 @@ class LineReader:
                         if m is not None:
                             first, other = other, first
                             self._heads = self._heads[::-1]
-                    if m is not None:
-                        if len(batch) >= size:
-                            yield batch
-                            batch = []
-                            append = batch.append
-                        append((lineno, m.groups()))
-                        last_kvm = True
-                        last_foreign = False
-                        if extra:
-                            extra = []
-                        if self.producer is None:
-                            self._detect(self._heads[0], batch[-1][1])
-                        continue
-                mq = any_head(line) if "[" in line else None
-                if mq is not None:
-                    if not line[mq.end() :].strip():
+                if m is None and "[" in line:
+                    mq = any_head(line)
+                    if mq is not None and not line[mq.end() :].strip():
                         # A header wrapped right after its timestamp: its event is on the next
                         # line, so it may be a KVM record.
                         m = first(line) or (other(line) if other is not None else None)
-                        if m is not None:
-                            append((lineno, m.groups()))
-                            last_kvm = True
-                            last_foreign = False
-                            if extra:
-                                extra = []
-                            if self.producer is None:
-                                self._detect(self._heads[0], batch[-1][1])
-                            continue
+                if m is not None:
+                    if len(batch) >= size:
+                        yield batch
+                        batch = []
+                        append = batch.append
+                    append((lineno, m.groups()))
+                    last_kvm = True
+                    last_foreign = False
+                    if extra:
+                        extra = []
+                    if self.producer is None:
+                        self._detect(self._heads[0], batch[-1][1])
+                    continue
+                if mq is not None:  # a record of another event
                     last_kvm = False
                     last_foreign = True
                     if "stack" in line and _STACK_RECORD.search(line):
