@@ -73,6 +73,7 @@ def command(
     The trace is read once: each chunk of events runs through one model state per
     strategy. Exit 3 when a --limit or --require fails (the report is still printed).
     """
+    from kvmcache.sim.jit import use_python
     from kvmcache.sim.replay import all_strategies_for, replay_many, resolve_params
     from kvmcache.trace import open_trace
 
@@ -80,6 +81,7 @@ def command(
     gate = gating.build_gate(config, limits, require, baseline_path, save_path)
     source = open_trace(trace, strict=strict)
     strategies, reference = choose_strategies(allocs, all_strategies_for(source.header))
+    use_python(source.header.count * len(strategies))  # a tiny trace: no numba start-up
     params = resolve_params(source.header, config.params, overrides)
     gate.check_before(source.header, strategies, params)
     if threads == 0:

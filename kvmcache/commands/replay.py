@@ -55,12 +55,14 @@ def command(
 
     Exit 3 when a --limit or --require fails (the report is still printed).
     """
+    from kvmcache.sim.jit import use_python
     from kvmcache.sim.replay import replay, resolve_params
     from kvmcache.trace import open_trace
 
     config, overrides = common.load_inputs(config_path, sets)
     gate = gating.build_gate(config, limits, require, baseline_path, save_path)
     source = open_trace(trace, strict=strict)
+    use_python(source.header.count)  # a tiny trace: no numba start-up
     params = resolve_params(source.header, config.params, overrides)
     gate.check_before(source.header, [alloc], params)
     sample_every = 0

@@ -1,6 +1,7 @@
 """The numba model of MODEL.md: one jitted pass over a chunk of events.
 
-Every function is ``@njit(cache=True, nogil=True)`` (plus ``_nrt=False``, see ``JIT``)
+Every function is ``@njit(cache=True, nogil=True)`` (plus ``_nrt=False``, see ``JIT``; the
+Python body runs for tiny traces, see kvmcache/sim/jit.py)
 over three preallocated arrays:
 
 * ``m`` (int64): parameters, scalars, region offsets and counters at fixed indices
@@ -18,9 +19,9 @@ arrays cost a few nanoseconds. Section numbers in comments refer to MODEL.md.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from kvmcache.sim.counters import COUNTERS, N_COUNTERS
+from kvmcache.sim.jit import njit
 from kvmcache.trace.events import (
     OP_FAULT,
     OP_SPLIT,

@@ -1,0 +1,47 @@
+"""The replay kernel's decorator: numba's ``njit``, or the plain Python function in a command
+that replays only a tiny trace.
+
+Importing numba and loading the cached kernel cost about 0.8 s, far more than replaying a
+few thousand events in Python. ``kvmcache replay`` and ``kvmcache compare`` call
+:func:`use_python` with the events times the strategies to replay, before the kernel is first
+imported; at most :data:`SMALL_WORK` of them run in Python (about 0.17 ms each, against
+0.8 s of start-up); the kernel's Python body is the same code (the test suite also checks it
+with ``NUMBA_DISABLE_JIT=1``). ``KVMCACHE_JIT=1`` always compiles.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+#: Most event replays (events x strategies) a command runs in Python.
+SMALL_WORK = 2500
+
+_python = False
+
+
+def use_python(work: int) -> bool:
+    """Run the kernel as Python in this process if ``work`` (events x strategies) is small
+    enough and the kernel is not loaded yet; True when it will."""
+    global _python
+    if "kvmcache.sim.kernel" in sys.modules:
+        return _python
+    if 0 < work <= SMALL_WORK and os.environ.get("KVMCACHE_JIT") != "1":
+        import warnings
+
+        # The kernel's hashing wraps around in int64, as the compiled code does; numpy
+        # warns about it (np.seterr is per thread, and compare runs strategies on threads).
+        warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
+        _python = True
+    return _python
+
+
+def njit(**options: Any) -> Callable[[Callable], Callable]:
+    """``numba.njit(**options)``, or the identity in Python mode."""
+    if _python:
+        return lambda f: f
+    from numba import njit as numba_njit
+
+    return numba_njit(**options)
