@@ -299,6 +299,39 @@ def test_steady_converts_private_to_shared() -> None:
     assert np.all(nxt["gfn"] == events["gfn"][idx])
 
 
+@pytest.mark.parametrize(
+    "scenario, vm", [("hugepage-split", "tdx"), ("hugepage-split", "vmx"), ("churn", "tdx")]
+)
+def test_count_of_present_2m_leaves_is_exact(scenario: str, vm: str) -> None:
+    """The generator's count of present 2 MiB leaves (which lets a split or an invalidation skip
+    its draws when there is none) equals the 2 MiB leaves its model holds, after every block."""
+    header, blocks = synth.generate(
+        scenario, events=30_000, vm=vm, seed=5, block_events=97, **SMALL
+    )
+    M = blocks.state.M
+    nreg = header.gfn_limit // 512
+    seen = set()
+    for _ in blocks:
+        words = M[M[synth.P_REGS] :][: 2 * nreg]
+        n2m = M[synth.S_N2M]
+        assert n2m == np.count_nonzero(words & synth.REG_LEAF2M)
+        seen.add(int(n2m))
+    assert 0 in seen and len(seen) > 1  # the count rose and fell back to none
+
+
+def test_hugepage_split_splits_every_region_then_churns_4k() -> None:
+    """The first phase maps each main region at 2 MiB and splits it; once no 2 MiB leaf is left,
+    the trace unmaps and refaults 4 KiB pages of the split regions."""
+    _, events = gen("hugepage-split", events=40_000, seed=3, **SMALL)
+    private = (events["flags"] & FLAG_PRIVATE) != 0
+    huge = events[(events["op"] == OP_FAULT) & (events["level"] == 2) & private]
+    splits = events[events["op"] == OP_SPLIT]
+    assert len(splits) == len(set(splits["gfn"].tolist()))  # each region split once
+    assert set(splits["gfn"].tolist()) == set(huge["gfn"].tolist())
+    late = events[len(events) // 2 :]
+    assert np.count_nonzero(late["op"] == OP_UNMAP) > 0.1 * len(late)
+
+
 def test_backings() -> None:
     """hugepage: a guest 2 MiB region sits in one host 2 MiB region, distinct per guest region;
     4k-contiguous: pfn - gfn is constant; 4k-random: pages spread over many host ranges."""

@@ -170,7 +170,8 @@ N_PARAMS = 21
     S_RING_N,  # pushes per ring: N_RINGS slots from here
 ) = range(N_PARAMS, N_PARAMS + 8)
 N_RINGS = 4
-S_SIZE = S_RING_N + N_RINGS
+S_N2M = S_RING_N + N_RINGS  # present 2 MiB leaves, both roots
+S_SIZE = S_N2M + 1
 MAXK = 3  # most events one tick emits (split + unmap + fault)
 
 F_PERIOD, F_JITTER = range(2)
@@ -403,6 +404,8 @@ def _pick4k(M, P, which):
 @_jit_inline
 def _pick2m(M, P):
     """A present 2 MiB leaf (region * 2 + root), or -1 after a few misses."""
+    if M[S_N2M] == 0:
+        return -1
     for _ in range(8):
         e = _sample(M, P, R_2M)
         if e < 0:
@@ -457,6 +460,7 @@ def _fault(out, n, M, P, ts, v, gfn, level, root):
             rg &= ~REG_TBL1
     if level == 2:
         M[rx] = rg | REG_LEAF2M
+        M[S_N2M] += 1
         _push(M, P, R_2M, (gfn >> 9) * 2 + root)
     else:
         M[wx] |= np.int64(1) << (gfn & 63)
@@ -472,6 +476,7 @@ def _unmap(out, n, M, P, ts, gfn, level, root):
         M[_wordx(P, root, gfn)] &= ~(np.int64(1) << (gfn & 63))
     else:
         M[_regx(P, root, gfn >> 9)] &= ~REG_LEAF2M
+        M[S_N2M] -= 1
 
 
 @_jit_inline
@@ -480,6 +485,7 @@ def _split(out, n, M, P, ts, gfn, root):
     _emit(out, n, ts, OP_SPLIT, 0, gfn, 0, 0, root)
     rx = _regx(P, root, gfn >> 9)
     M[rx] = (M[rx] & ~REG_LEAF2M) | REG_TBL1
+    M[S_N2M] -= 1
     w0 = _wordx(P, root, gfn)
     for i in range(8):
         M[w0 + np.uint64(i)] = -1
@@ -647,8 +653,8 @@ def _fresh_region(M):
 
 @_jit_inline
 def _split_phase_b(out, n, M, P, ts, root):
-    """hugepage-split, once the fresh regions are used up: split a present 2 MiB leaf, or unmap
-    or refault a page of a split region, else map a region at 2 MiB in ``root``. Returns 1 and
+    """hugepage-split, after the first phase: split a present 2 MiB leaf, or unmap or refault a
+    page of a split region, else map a region at 2 MiB in ``root``. Returns 1 and
     (0, 0, 0) when it emitted a split or an unmap, else 0 and the fault's (gfn, level, root)."""
     u = _u32(M)
     if u < _T_SPLIT_SPLIT:  # split a present 2 MiB leaf
@@ -656,10 +662,15 @@ def _split_phase_b(out, n, M, P, ts, root):
         if e >= 0:
             _split(out, n, M, P, ts, (e >> 1) * _REGION, e & 1)
             return 1, 0, 0, 0
-    elif u >= _T_SPLIT_MAP2M or u < _T_SPLIT_UNMAP:
-        e = _sample(M, P, R_SPLIT)  # a page of a split region
-        if e >= 0:
-            gfn = (e >> 1) * _REGION + _below(M, _REGION)
+        # None is present: map a fresh region at 2 MiB while there is one, else unmap or
+        # refault a page of a split region.
+        u = _T_SPLIT_UNMAP if M[S_FRESH] < P[P_MAIN_REGS] else _T_SPLIT_SPLIT
+    if u >= _T_SPLIT_MAP2M or u < _T_SPLIT_UNMAP:
+        k = M[S_RING_N + R_SPLIT]
+        if k > 0:  # a page of a split region, both from one draw
+            z = _u64(M)
+            e = M[np.uint64(P[P_RINGS] + R_SPLIT * RING + (((z & _M32) * min(k, RING)) >> 32))]
+            gfn = (e >> 1) * _REGION + ((z >> 32) & (_REGION - 1))
             r = e & 1
             if u < _T_SPLIT_UNMAP and _has4k(M, P, r, gfn):
                 _unmap(out, n, M, P, ts, gfn, 1, r)
