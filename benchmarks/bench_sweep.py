@@ -1,8 +1,8 @@
-"""Sweep throughput: grid points replayed per second, in-process (--jobs 1) and with two
-worker processes (--jobs 2), on a small synthetic TDX trace.
+"""Sweep throughput: grid points replayed per second, one unit at a time (--jobs 1) and two
+at once on two threads (--jobs 2), on a small synthetic TDX trace.
 
 ``run()`` returns rows for benchmarks/run.py; ``python benchmarks/bench_sweep.py`` prints them.
-Each figure is the wall time of a whole ``run_sweep`` (worker start-up included for
+Each figure is the wall time of a whole ``run_sweep`` (thread pool start-up included for
 --jobs 2) after one warm-up sweep, the best of ``REPEAT``.
 """
 
@@ -79,7 +79,7 @@ def _points_per_second(trace: str, jobs: int) -> tuple[float, int]:
     grid = sweep.parse_grid(GRID)
     best = float("inf")
     n = 0
-    for _ in range(REPEAT + 1):  # the first one warms the JIT cache and the fork server
+    for _ in range(REPEAT + 1):  # the first one warms the JIT cache
         t0 = time.perf_counter()
         result = sweep.run_sweep([trace], list(ALLOCS), grid, jobs=jobs)
         dt = time.perf_counter() - t0

@@ -1,4 +1,4 @@
-"""`kvmcache sweep`: grids, parameter merging, backends (in-process, processes, Dask), Pareto."""
+"""`kvmcache sweep`: grids, parameter merging, backends (in-process, threads, Dask), Pareto."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import threading
 
 import pytest
 from clirun import error_line, run
@@ -192,6 +193,49 @@ def test_jobs2_equals_jobs1(capsys):
     )
     idle = [r["counters"]["cache_pages_idle_peak"] for r in doc["runs"]]
     assert idle == sorted(idle)  # ranked by the default --sort
+
+
+def test_threads_equal_in_process_on_a_binary_trace():
+    trace = os.path.join(os.path.dirname(GOLDEN), "..", "traces", "steady-tdx.kvmt")
+    grid = sweep.parse_grid(["capacity=16,40", "pamt_pairs=1,3"])
+    allocs = ["dpamt-install", "dpamt-pair"]
+    one = sweep.run_sweep([trace], allocs, grid, jobs=1)
+    two = sweep.run_sweep([trace], allocs, grid, jobs=2)
+    assert [(p.alloc, p.point, p.counters) for p in one.points] == [
+        (p.alloc, p.point, p.counters) for p in two.points
+    ]
+
+
+def test_a_cancelled_unit_stops_at_its_next_chunk():
+    (unit,) = sweep.build_units([TWO], {TWO: ["dpamt-install"]}, [{}])
+    cancel = threading.Event()
+    assert sweep.run_unit(unit, cancel)[0].valid
+    cancel.set()
+    with pytest.raises(sweep._Cancelled):
+        sweep.run_unit(unit, cancel)
+
+
+def test_threads_stop_the_sweep_on_a_failed_unit(monkeypatch):
+    """A unit failing with a non-usage error fails the sweep with its exit code; units not
+    started never start, and the running one sees the cancel."""
+    units = sweep.build_units([TWO], {TWO: ["dpamt-install"]}, [{"capacity": c} for c in range(8)])
+    started, saw_cancel = [], []
+    both_running = threading.Barrier(2, timeout=10)
+
+    def fake(unit, cancel=None):
+        started.append(unit.point_index)
+        if unit.point_index < 2:
+            both_running.wait()
+        if unit.point_index == 0:
+            raise sweep.UnitFailed("the numba cache is stale", 3)
+        saw_cancel.append(cancel.wait(10))
+        raise sweep._Cancelled
+
+    monkeypatch.setattr(sweep, "run_unit", fake)
+    with pytest.raises(KvmcacheError) as err:
+        sweep.run_threads(units, 2)
+    assert (err.value.message, err.value.exit_code) == ("the numba cache is stale", 3)
+    assert sorted(started) == [0, 1] and saw_cancel == [True]
 
 
 def test_dask_backend_equals_jobs1(capsys, monkeypatch):

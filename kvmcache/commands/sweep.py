@@ -84,7 +84,7 @@ def points_progress(enabled: bool) -> Iterator[tuple[Callable[[int], None], Call
     "-j",
     type=click.IntRange(min=1),
     default=None,
-    help="Worker processes on this machine (default: CPU count; 1 runs in-process).",
+    help="Units replayed at once on this machine, on threads (default: CPU count).",
 )
 @click.option(
     "--scheduler",

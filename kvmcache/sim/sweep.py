@@ -1,5 +1,5 @@
-"""Grids of replays: parameter points x strategies x traces, run in-process, in worker
-processes or on a Dask cluster, with the Pareto front of each trace marked.
+"""Grids of replays: parameter points x strategies x traces, run in-process (on one thread or
+several) or on a Dask cluster, with the Pareto front of each trace marked.
 
 One unit of work is (trace, grid point): :func:`run_unit` opens the trace by path (a binary
 trace is memory-mapped where it runs, never shipped), merges the parameters exactly as
@@ -23,7 +23,6 @@ from kvmcache import params as params_mod
 from kvmcache.errors import EXIT_USAGE, KvmcacheError
 from kvmcache.sim.counters import COUNTERS
 from kvmcache.sim.replay import ReplayResult
-from kvmcache.trace.events import TraceHeader
 
 Value = int | bool
 Point = dict[str, Value]
@@ -283,9 +282,14 @@ def _open(path: str, strict: bool, display: str):
     return source
 
 
-def run_unit(unit: Unit) -> list[PointResult]:
-    """Replay every strategy of one (trace, grid point); user errors become invalid points."""
+def run_unit(unit: Unit, cancel: threading.Event | None = None) -> list[PointResult]:
+    """Replay every strategy of one (trace, grid point); user errors become invalid points.
+    With ``cancel``, the replay raises :class:`_Cancelled` at the first chunk after it is set."""
     from kvmcache.sim.replay import replay_many, resolve_params
+
+    def check(_done: int) -> None:
+        if cancel is not None and cancel.is_set():
+            raise _Cancelled
 
     def results(
         params: dict[str, Value], res: list[ReplayResult] | None, error: str | None
@@ -312,7 +316,7 @@ def run_unit(unit: Unit) -> list[PointResult]:
         trace_params = params_mod.parse_mapping(source.header.params or {}, unit.display)
         merged = {**params_mod.DEFAULTS, **trace_params, **layers}
         params = resolve_params(source.header, unit.config, {**unit.overrides, **unit.point})
-        res = replay_many(source, list(unit.allocs), params=params)
+        res = replay_many(source, list(unit.allocs), params=params, progress=check)
     except KvmcacheError as e:
         if e.exit_code != EXIT_USAGE:  # not about this point (a stale JIT cache, ...)
             raise UnitFailed(e.message, e.exit_code) from None
@@ -322,7 +326,7 @@ def run_unit(unit: Unit) -> list[PointResult]:
 
 class UnitFailed(Exception):
     """A non-usage :class:`KvmcacheError` inside a unit, in a form that pickles with its
-    exit code (it crosses process and Dask boundaries); the sweep re-raises it as such."""
+    exit code (it crosses the Dask boundary); the sweep re-raises it as such."""
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message, exit_code)
@@ -337,43 +341,20 @@ def _collect(get: Callable[[], list[PointResult]]) -> list[PointResult]:
         raise KvmcacheError(e.message, e.exit_code) from None
 
 
-_WARM = False
+class _Cancelled(Exception):
+    """Raised between two chunks of a unit's replay once the sweep is stopping."""
 
 
-def warm_up() -> None:
-    """Load every replay kernel (numba's on-disk cache) by replaying a 3-event trace under
-    each strategy, from a writable (YAML) and a read-only (memory-mapped) event array, so
-    the first real point pays no JIT cost. Idempotent."""
-    global _WARM
-    if _WARM:
-        return
-    import numpy as np
-
-    from kvmcache.sim.counters import STRATEGIES
-    from kvmcache.sim.replay import replay_events
-    from kvmcache.trace.events import EVENT_DTYPE, OP_FAULT, OP_VM_CREATE, OP_VM_DESTROY
-
-    events = np.zeros(3, EVENT_DTYPE)
-    events["op"] = [OP_VM_CREATE, OP_FAULT, OP_VM_DESTROY]
-    events["level"][1] = 1
-    events["flags"][1] = 1  # private: S-EPT tables and DPAMT pairs
-    readonly = events.copy()
-    readonly.flags.writeable = False  # a memory-mapped binary trace: another numba signature
-    for evs in (events, readonly):
-        for alloc in STRATEGIES:
-            header = TraceHeader("tdx", 4, 1 << 20, 1 << 24, count=3, format="yaml", path="warm-up")
-            replay_events(header, evs, alloc)
-    _WARM = True
-
-
-def _worker_init() -> None:
-    """Per worker process: warm the kernels unless the fork server already did. A failure
-    is left to the first unit, which reports it properly (an initializer failure would only
-    say that the pool broke)."""
+def _run_unit_unless(cancel: threading.Event, unit: Unit) -> list[PointResult]:
+    """:func:`run_unit` on a thread, unless the sweep is stopping; a unit that fails stops
+    it at once (before this thread can take another unit)."""
+    if cancel.is_set():
+        raise _Cancelled
     try:
-        warm_up()
-    except Exception:
-        pass
+        return run_unit(unit, cancel)
+    except BaseException:
+        cancel.set()
+        raise
 
 
 # --------------------------------------------------------------------------- backends
@@ -390,40 +371,31 @@ def run_local(units: Sequence[Unit], on_done: OnDone | None = None) -> list[Poin
     return out
 
 
-def _mp_context():
-    """A fork server warmed once (workers fork from it with the kernels loaded), or spawn.
-
-    Workers are never forked from this process: it may hold threads (numba, Dask, rich)
-    that a fork would copy in an arbitrary state. The fork server is a fresh single-threaded
-    interpreter; it imports :mod:`kvmcache.sim.sweep_worker`, which loads the replay kernels,
-    so every worker starts warm instead of each loading numba for seconds.
-    """
-    import multiprocessing as mp
-
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["kvmcache.sim.sweep_worker"])
-        return ctx
-    return mp.get_context("spawn")
-
-
-def run_processes(
+def run_threads(
     units: Sequence[Unit], jobs: int, on_done: OnDone | None = None
 ) -> list[PointResult]:
-    """Run units in ``jobs`` worker processes; results stream back as they complete."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    """Run units on ``jobs`` threads of this process; results stream back as they complete.
+
+    The replay kernels release the GIL, so the threads replay in parallel on as many cores,
+    with the kernels loaded once and each binary trace memory-mapped by each unit, with no
+    worker start-up. When the sweep stops (an error, Ctrl-C), units not started are
+    dropped and running ones stop at their next chunk.
+    """
+    from concurrent.futures import ThreadPoolExecutor, as_completed
 
     workers = max(1, min(jobs, len(units)))
+    cancel = threading.Event()
     out: list[PointResult] = []
-    pool = ProcessPoolExecutor(workers, mp_context=_mp_context(), initializer=_worker_init)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="kvmcache-sweep")
     try:
-        futures = [pool.submit(run_unit, u) for u in units]
+        futures = [pool.submit(_run_unit_unless, cancel, u) for u in units]
         for fut in as_completed(futures):
             res = _collect(fut.result)
             out.extend(res)
             if on_done is not None:
                 on_done(len(res))
     except BaseException:
+        cancel.set()
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
@@ -519,7 +491,7 @@ def run_sweep(
     """Replay every (trace, strategy, grid point) and mark each trace's Pareto front.
 
     ``allocs`` None means every strategy meaningful for each trace (all five on tdx, none
-    on vmx). ``jobs`` > 1 uses worker processes; ``scheduler`` a Dask cluster. Each trace is
+    on vmx). ``jobs`` > 1 uses that many threads; ``scheduler`` a Dask cluster. Each trace is
     opened here first, so an unreadable trace fails the whole sweep at once (exit 2).
     ``on_start`` receives the number of points before any runs.
     """
@@ -550,7 +522,7 @@ def run_sweep(
     if scheduler:
         out = run_dask(units, scheduler, on_done)
     elif jobs > 1 and len(units) > 1:
-        out = run_processes(units, jobs, on_done)
+        out = run_threads(units, jobs, on_done)
     else:
         out = run_local(units, on_done)
     out.sort(key=lambda p: p.order)
