@@ -591,7 +591,7 @@ def _tkey(root, k, idx):
 def _hpos(m, key):
     """Hash position holding ``key``, or the empty position where it would go."""
     mask = m[Z_HCAP] - 1
-    h = ((key * HMUL) >> m[Z_HSHIFT]) & mask
+    h = ((np.int64(key) * HMUL) >> m[Z_HSHIFT]) & mask  # np.int64: wraps in Python mode too
     base = m[O_HKEY]
     while True:
         kk = m[base + 2 * h]
