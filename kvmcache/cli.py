@@ -7,9 +7,13 @@ numba. Errors a user can cause are :class:`KvmcacheError` and are printed here, 
 
 from __future__ import annotations
 
+import errno
 import importlib
+import io
 import os
+import signal
 import sys
+import threading
 
 import click
 
@@ -69,15 +73,42 @@ def cli() -> None:
     """
 
 
+class _ClosedStdout(io.TextIOBase):
+    """Standard output when the process was started with it closed (``>&-``): writing
+    fails with EBADF, so a report is never lost silently."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        raise OSError(errno.EBADF, "closed")
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM: unwind like Ctrl-C, so temporary output files are removed."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the group, print user errors once, map failures to exit codes."""
+    if sys.stdout is None:
+        sys.stdout = _ClosedStdout()
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         rv = cli.main(args=argv, prog_name="kvmcache", standalone_mode=False)
     except KvmcacheError as e:
         _flush_quietly()
         print(f"kvmcache: error: {e.message}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as e:
+        if isinstance(e.__context__, KeyboardInterrupt):
+            print("kvmcache: interrupted", file=sys.stderr)
+            sys.exit(130)
         print("kvmcache: aborted", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except click.ClickException as e:
@@ -91,6 +122,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("kvmcache: interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as e:  # standard output full or closed, a device failing under us
+        _silence_stdout()
+        where = e.filename or "standard output"
+        print(f"kvmcache: error: {where}: {e.strerror or e}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
     except Exception as e:  # a bug in kvmcache: say so, exit 1
         if os.environ.get("KVMCACHE_DEBUG"):
             raise
@@ -106,6 +142,14 @@ def main(argv: list[str] | None = None) -> None:
 def _flush_quietly() -> None:
     try:
         sys.stdout.flush()
+    except Exception:
+        pass
+
+
+def _silence_stdout() -> None:
+    """Drop what is still buffered for standard output, so the exit flush stays quiet."""
+    try:
+        sys.stdout = _ClosedStdout()
     except Exception:
         pass
 

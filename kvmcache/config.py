@@ -25,19 +25,10 @@ def load_config(path: str | None) -> Config:
     """Read a YAML config file (top-level keys are parameter names, plus limits/require)."""
     if not path:
         return Config()
-    import yaml
+    from kvmcache.yamlio import load_yaml_file
 
-    try:
-        with open(path, encoding="utf-8") as f:
-            data: Any = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise KvmcacheError(f"{path}: no such config file") from None
-    except OSError as e:
-        raise KvmcacheError(f"{path}: cannot read: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise KvmcacheError(f"{path}:{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    # One line naming the file for non-UTF-8 bytes, invalid YAML or a duplicate key.
+    data: Any = load_yaml_file(path, "a YAML config file", kind="config file")
     if data is None:
         return Config(path=path)
     if not isinstance(data, dict):

@@ -146,6 +146,8 @@ def load_baseline(path: str) -> Baseline:
         raise KvmcacheError(f"{path}: cannot read baseline: {e.strerror or e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise KvmcacheError(f"{path}: baseline is not valid JSON: {e}") from None
+    except RecursionError:
+        raise KvmcacheError(f"{path}: baseline is not valid JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise KvmcacheError(f"{path}: baseline is not a kvmcache report (not a JSON object)")
     schema = doc.get("schema")

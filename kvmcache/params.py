@@ -79,10 +79,14 @@ def parse_value(name: str, value: Any, source: str = "") -> int | bool:
             out = int(value.strip(), 0)
         except ValueError:
             raise KvmcacheError(f"{where}parameter {name}: {value!r} is not an integer") from None
+    elif isinstance(value, str) and _INT_RE.match(value.strip().lstrip("-").lstrip()):
+        raise KvmcacheError(f"{where}parameter {name}: must be >= 0, got {value.strip()}")
     else:
         raise KvmcacheError(f"{where}parameter {name}: {value!r} is not an integer")
     if out < 0:
         raise KvmcacheError(f"{where}parameter {name}: must be >= 0, got {out}")
+    if out >= 2**63:
+        raise KvmcacheError(f"{where}parameter {name}: {out} is too large (at most 2**63 - 1)")
     return out
 
 

@@ -60,7 +60,7 @@ def test_grid_spec(spec, name, values):
         ("capacity=8:", "bad range"),
         ("capacity=1:2:3:4", "bad range"),
         ("capacity=eight", "not an integer"),
-        ("capacity=-8", "not an integer"),
+        ("capacity=-8", "must be >= 0, got -8"),
         ("teardown=0:1", "boolean"),
         ("teardown=maybe", "not a boolean"),
         ("capacity=0:100000000", "more than"),

@@ -146,5 +146,28 @@ def out_console() -> Console:
     from rich.console import Console
 
     if not sys.stdout.isatty() and not os.environ.get("COLUMNS"):
-        return Console(width=PIPE_WIDTH)
-    return Console()
+        console = Console(width=PIPE_WIDTH)
+    else:
+        console = Console()
+    console.on_broken_pipe = _broken_pipe  # rich would exit 1 itself
+    return console
+
+
+def _broken_pipe() -> None:
+    # No errno: click would turn an EPIPE into exit 1; kvmcache.cli.main exits 0 quietly.
+    raise BrokenPipeError("standard output's reader went away")
+
+
+def check_outputs(outputs: dict[str, str | None], inputs: list[str | None]) -> None:
+    """Usage errors for output files (option name -> path) that are ``-`` or one of the
+    ``inputs`` (a trace also stands for its params sidecar), before any work is done."""
+    from kvmcache.atomic import refuse_overwriting_inputs
+    from kvmcache.errors import KvmcacheError
+    from kvmcache.trace import sidecar_path
+
+    names = [p for p in inputs if p and p != "-"]
+    names += [sidecar_path(p) for p in list(names)]
+    for option, path in outputs.items():
+        if path == "-":
+            raise KvmcacheError(f"{option} needs a file path, not standard output")
+        refuse_overwriting_inputs(path, names, option)

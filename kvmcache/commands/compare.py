@@ -77,11 +77,12 @@ def command(
     from kvmcache.sim.replay import all_strategies_for, replay_many, resolve_params
     from kvmcache.trace import open_trace
 
+    common.check_outputs({"--save-baseline": save_path}, [trace, config_path, baseline_path])
     config, overrides = common.load_inputs(config_path, sets)
     gate = gating.build_gate(config, limits, require, baseline_path, save_path)
     source = open_trace(trace, strict=strict)
     strategies, reference = choose_strategies(allocs, all_strategies_for(source.header))
-    use_python(source.header.count * len(strategies))  # a tiny trace: no numba start-up
+    use_python((source.header.count or 0) * len(strategies))  # a tiny trace: no numba start-up
     params = resolve_params(source.header, config.params, overrides)
     gate.check_before(source.header, strategies, params)
     if threads == 0:

@@ -8,11 +8,12 @@ import click
 import numpy as np
 import yaml
 
-from kvmcache.atomic import atomic_open
+from kvmcache.atomic import atomic_open, output_target
 from kvmcache.errors import KvmcacheError
 from kvmcache.params import parse_mapping
 from kvmcache.trace import YAML_EXTS, open_trace, sidecar_path
 from kvmcache.trace.binary import BinaryWriter
+from kvmcache.trace.binary import _stderr_warn as warn
 from kvmcache.trace.events import empty
 from kvmcache.trace.validate import Validator
 from kvmcache.trace.yamlfmt import write_yaml
@@ -38,11 +39,18 @@ def _check_paths(src: str, dst: str, force: bool) -> None:
         raise KvmcacheError(f"{dst}: is a directory; OUT must be a file path")
     if os.path.lexists(dst) and not force:
         raise KvmcacheError(f"{dst}: already exists; use --force to overwrite it")
+    side = sidecar_path(dst)
+    if output_format(dst) == "binary" and os.path.lexists(side) and not force:
+        raise KvmcacheError(f"{side}: already exists; use --force to overwrite or remove it")
 
 
 def _write_sidecar(dst: str, params: dict) -> str | None:
     """Write ``OUT.params.yaml`` atomically, or remove a stale one; returns its path if written."""
     side = sidecar_path(dst)
+    if output_target(dst)[1]:  # a device or a FIFO: no file beside it
+        if params:
+            warn(f"{dst} is not a regular file: its model parameters are not written")
+        return None
     if not params:
         if os.path.lexists(side):
             os.unlink(side)

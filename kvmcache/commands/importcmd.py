@@ -9,7 +9,7 @@ import sys
 import click
 import yaml
 
-from kvmcache.atomic import atomic_open
+from kvmcache.atomic import atomic_open, output_target, refuse_overwriting_inputs
 from kvmcache.errors import KvmcacheError
 from kvmcache.trace import import_sidecar_path
 from kvmcache.trace.binary import BinaryWriter
@@ -141,14 +141,22 @@ def command(
     options.check()
     if inputs.count("-") > 1:
         raise KvmcacheError("standard input (-) can be given only once")
+    if output == "-":
+        raise KvmcacheError("import: OUT must be a file path, not standard output")
     if os.path.isdir(output):
         raise KvmcacheError(f"{output}: is a directory")
-    if os.path.exists(output) and not force:
+    refuse_overwriting_inputs(output, list(inputs), "the trace")
+    if os.path.lexists(output) and not force:
         raise KvmcacheError(f"{output}: already exists; use --force to overwrite it")
+    side = import_sidecar_path(output)
+    in_place = output_target(output)[1]  # a device or a FIFO: no file beside it
+    if not in_place and os.path.lexists(side) and not force:
+        raise KvmcacheError(f"{side}: already exists; use --force to overwrite it")
     header, events, stats = import_paths(inputs, options)
     with BinaryWriter(output, header) as writer:
         writer.write(events)
-    _write_sidecar(import_sidecar_path(output), stats)
+    if not in_place:
+        _write_sidecar(side, stats)
     line = (
         f"wrote {output}: {len(events)} events, vm {header.vm_type}, root level "
         f"{header.root_level}, gfn_limit 0x{header.gfn_limit:x}, "

@@ -6,6 +6,7 @@ import os
 
 import click
 
+from kvmcache.commands import _common as common
 from kvmcache.errors import KvmcacheError
 
 _FORMATS = ("png", "svg", "html", "table")
@@ -60,6 +61,7 @@ def command(
         fmt = ext
     if output == "-":
         raise KvmcacheError("plot: -o needs a file path, not standard output")
+    common.check_outputs({"-o": output}, list(inputs))
     if fmt != "table" and not output:
         raise KvmcacheError(f"plot: --format {fmt} needs -o FILE")
     if fmt != "table":

@@ -59,10 +59,14 @@ def command(
     from kvmcache.sim.replay import replay, resolve_params
     from kvmcache.trace import open_trace
 
+    common.check_outputs(
+        {"--timeline": timeline_path, "--save-baseline": save_path},
+        [trace, config_path, baseline_path],
+    )
     config, overrides = common.load_inputs(config_path, sets)
     gate = gating.build_gate(config, limits, require, baseline_path, save_path)
     source = open_trace(trace, strict=strict)
-    use_python(source.header.count)  # a tiny trace: no numba start-up
+    use_python(source.header.count or 0)  # a tiny trace: no numba start-up
     params = resolve_params(source.header, config.params, overrides)
     gate.check_before(source.header, [alloc], params)
     sample_every = 0

@@ -138,6 +138,7 @@ def command(
     """
     from kvmcache.sim import sweep as sweep_mod
 
+    common.check_outputs({"-o": output}, [*traces, config_path])
     src = click.core.ParameterSource
     if scheduler is not None and jobs is not None:
         if ctx.get_parameter_source("scheduler") == src.ENVIRONMENT:

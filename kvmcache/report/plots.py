@@ -48,6 +48,13 @@ COMPARE_FIGURES: tuple[str, ...] = (
     "seamcalls_under_mmu_lock",
 )
 SPARK = " ▁▂▃▄▅▆▇█"
+#: Counters a sweep chart or summary reads from every run.
+SWEEP_COUNTERS: tuple[str, ...] = (
+    "cache_pages_idle_peak",
+    "alloc_under_lock",
+    "fault_retries",
+    "pages_allocated",
+)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -83,22 +90,33 @@ class PlotData:
     grid: list[str] = field(default_factory=list)  # sweep: the parameters that vary
 
 
+_NOT_TEXT = "a kvmcache CSV or JSON result"
+
+
 def _read_text(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
+    """The input as text, read in bounded blocks: binary data (``/dev/zero``) is refused
+    at its first block instead of being read into memory."""
+    from kvmcache.yamlio import read_text_stream
+
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+        if path == "-":
+            return read_text_stream(_stdin_bytes(), "<stdin>", _NOT_TEXT)
+        with open(path, "rb") as f:
+            return read_text_stream(f, path, _NOT_TEXT)
     except FileNotFoundError:
         raise KvmcacheError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise KvmcacheError(f"{path}: is a directory") from None
-    except UnicodeDecodeError:
-        raise KvmcacheError(
-            f"{path}: not a text file (expected a kvmcache CSV or JSON result)"
-        ) from None
     except OSError as e:
         raise KvmcacheError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def _stdin_bytes() -> Any:
+    """Standard input as bytes (a test's replacement text stream is encoded)."""
+    buf = getattr(sys.stdin, "buffer", None)
+    if buf is not None:
+        return buf
+    return io.BytesIO(sys.stdin.read().encode("utf-8"))
 
 
 def _int(path: str, row: int, col: str, value: str) -> int:
@@ -128,6 +146,8 @@ def _parse_json(path: str, text: str) -> PlotData:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise KvmcacheError(f"{path}: invalid JSON: {e.msg} (line {e.lineno})") from None
+    except RecursionError:
+        raise KvmcacheError(f"{path}: invalid JSON: nested too deeply") from None
     schema = doc.get("schema") if isinstance(doc, dict) else None
     if schema == "kvmcache.replay/1":
         return PlotData("compare", [path], runs=[_run_from_document(path, doc, 0)])
@@ -142,9 +162,20 @@ def _parse_json(path: str, text: str) -> PlotData:
     runs = [_run_from_document(path, r, i) for i, r in enumerate(runs_doc)]
     if schema == "kvmcache.compare/1":
         return PlotData("compare", [path], runs=runs)
+    for i, run in enumerate(runs):
+        _require_counters(path, f"runs[{i}].counters", run.counters)
     grid = doc.get("grid")
     names = [str(k) for k in grid] if isinstance(grid, dict) else _varying(runs)
     return PlotData("sweep", [path], runs=runs, grid=names)
+
+
+def _require_counters(path: str, where: str, present: Any) -> None:
+    """A sweep chart reads SWEEP_COUNTERS of every run: name the first one missing."""
+    missing = [c for c in SWEEP_COUNTERS if c not in present]
+    if missing:
+        raise KvmcacheError(
+            f"{path}: {where} lacks {', '.join(missing)} (needed for a sweep chart)"
+        )
 
 
 def _varying(runs: Sequence[Run]) -> list[str]:
@@ -159,7 +190,10 @@ def _varying(runs: Sequence[Run]) -> list[str]:
 
 
 def _parse_csv(path: str, text: str) -> PlotData:
-    rows = list(csv.reader(io.StringIO(text)))
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as e:
+        raise KvmcacheError(f"{path}: not a kvmcache CSV or JSON result ({e})") from None
     if not rows:
         raise KvmcacheError(f"{path}: empty file")
     head = rows[0]
@@ -177,6 +211,10 @@ def _parse_csv(path: str, text: str) -> PlotData:
     if head[:3] == ["trace", "alloc", "effective_alloc"] and "cache_pages_idle_peak" in head:
         idx = {name: i for i, name in enumerate(head)}
         sweep = "pareto" in idx
+        if sweep:
+            _require_counters(path, "the header", idx)
+            if "status" not in idx:
+                raise KvmcacheError(f"{path}: the header has no status column")
         runs = []
         for n, r in enumerate(body, 2):
             if len(r) != len(head):

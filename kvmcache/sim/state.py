@@ -168,8 +168,9 @@ def build(
     need = nranges * 32 + fstack * 8 + nsamples * 64
     if need > MAX_STATE_BYTES:
         raise KvmcacheError(
-            f"the model state for this trace would need {need / 2**30:.1f} GiB "
-            f"({nranges} host 2 MiB ranges); lower host_pfn_limit or kernel_pages"
+            f"{header.path or 'trace'}: the model state would need {need / 2**30:.1f} GiB "
+            f"({nranges:,} host 2 MiB ranges for host_pfn_limit and kernel_pages, "
+            f"{fstack:,} free-page slots for capacity and pamt_pairs); lower the largest"
         )
     if nranges >= 2**32 - 1:
         raise KvmcacheError("host memory plus the kernel region exceeds 2^41 pfns")

@@ -418,10 +418,26 @@ def run_dask(
 
     Workers open each trace by its absolute path, so it must be on a filesystem they share.
     """
+    if isinstance(address, str):
+        from kvmcache.sim.dask_address import check_address
+
+        check_address(address)  # a malformed address fails here, before any connection
     dd = import_dask()
     try:
         client = dd.Client(address, timeout="20s", set_as_default=False)
     except Exception as e:  # OSError, TimeoutError, ValueError for a bad address
+        # The half-built Client would close itself in __del__ at exit, waiting 40 s on a
+        # stopped loop and printing a traceback: close it now, quietly.
+        tb = e.__traceback__
+        while tb is not None:
+            half = tb.tb_frame.f_locals.get("self")
+            if isinstance(half, dd.Client):
+                try:
+                    half.close(timeout=2)
+                except Exception:  # noqa: S110 - best effort; the connect error is reported
+                    pass
+                del half
+            tb = tb.tb_next
         raise KvmcacheError(
             f"cannot connect to the Dask scheduler at {address}: {type(e).__name__}: {e}"
         ) from None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
+import stat
 import sys
 from collections.abc import Iterator
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import numpy as np
 
@@ -39,8 +41,30 @@ class InMemoryTrace:
             yield self.events[start : start + self.chunk_events]
 
 
+def _stat(path: str) -> os.stat_result:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise KvmcacheError(f"{path}: no such file") from None
+    except OSError as e:
+        raise KvmcacheError(f"{path}: cannot read: {e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise KvmcacheError(f"{path}: is a directory, not a trace")
+    return st
+
+
 def detect_format(path: str) -> str:
-    """'binary' or 'yaml' for an existing file: the magic decides, then the extension."""
+    """'binary' or 'yaml' for an existing regular file: the magic decides, then the extension.
+
+    A pipe or device is refused (peeking at it would consume what a second open needs):
+    :func:`open_trace` reads those once, as a stream.
+    """
+    st = _stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise KvmcacheError(
+            f"{path}: not a regular file (a pipe or device can be read only once); "
+            "give a trace file"
+        )
     try:
         with open(path, "rb") as f:
             first = f.read(len(MAGIC))
@@ -66,26 +90,31 @@ def open_trace(
     chunk_events: int = DEFAULT_CHUNK,
     warn: Warn | None = None,
 ) -> TraceSource:
-    """Open a binary or YAML trace (``-`` reads standard input, binary or YAML)."""
+    """Open a binary or YAML trace (``-`` reads standard input, binary or YAML).
+
+    A file that is not a regular file (a FIFO, ``<(...)``, a character device) is opened
+    once and read as a stream, like standard input.
+    """
     from kvmcache.trace import yamlfmt
 
     if path == "-":
-        stream = sys.stdin.buffer
-        first = stream.read(len(MAGIC))
-        if first == MAGIC:
-            return BinaryTrace(
-                "-",
-                strict=strict,
-                chunk_events=chunk_events,
-                warn=warn,
-                stream=stream,
-                prefix=first,
-            )
-        text = (first + stream.read()).decode("utf-8", errors="replace")
-        header, events = yamlfmt.read_yaml("<stdin>", text=text)
-        return InMemoryTrace(header, events, chunk_events)
-    if os.path.isdir(path):
-        raise KvmcacheError(f"{path}: is a directory, not a trace")
+        return _open_stream("-", "<stdin>", sys.stdin.buffer, strict, chunk_events, warn)
+    st = _stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - kept open by the trace it returns
+        except OSError as e:
+            raise KvmcacheError(f"{path}: cannot read: {e.strerror or e}") from None
+        try:
+            trace = _open_stream(path, path, f, strict, chunk_events, warn)
+        except BaseException:
+            f.close()
+            raise
+        if trace.header.format == "binary":
+            _load_sidecar(trace.header)  # a named FIFO may have one
+        else:
+            f.close()  # a YAML trace is in memory now
+        return trace
     fmt = detect_format(path)
     if fmt == "binary":
         trace = BinaryTrace(path, strict=strict, chunk_events=chunk_events, warn=warn)
@@ -93,6 +122,70 @@ def open_trace(
         return trace
     header, events = yamlfmt.read_yaml(path)
     return InMemoryTrace(header, events, chunk_events)
+
+
+def _open_stream(
+    path: str,
+    name: str,
+    stream: BinaryIO,
+    strict: bool,
+    chunk_events: int,
+    warn: Warn | None,
+) -> TraceSource:
+    """A trace read once from ``stream``: the magic decides; anything else must be YAML text
+    (binary data is refused at its first block, never read into memory)."""
+    from kvmcache.trace import yamlfmt
+    from kvmcache.yamlio import BINARY_TEXT, read_text_stream
+
+    try:
+        first = _read_upto(stream, len(MAGIC))
+        if first == MAGIC:
+            return BinaryTrace(
+                path,
+                strict=strict,
+                chunk_events=chunk_events,
+                warn=warn,
+                stream=stream,
+                prefix=first,
+            )
+        text = read_text_stream(_Prefixed(first, stream), name, "a YAML trace", binary=BINARY_TEXT)
+    except OSError as e:
+        raise KvmcacheError(f"{name}: cannot read: {e.strerror or e}") from None
+    header, events = yamlfmt.read_yaml(name, text=text)
+    return InMemoryTrace(header, events, chunk_events)
+
+
+def _read_upto(stream: BinaryIO, n: int) -> bytes:
+    """Up to ``n`` bytes, fewer only at the end of the stream (a pipe may return less)."""
+    out = b""
+    while len(out) < n:
+        b = stream.read(n - len(out))
+        if not b:
+            break
+        out += b
+    return out
+
+
+class _Prefixed(io.RawIOBase):
+    """Bytes already read from a stream, then the rest of the stream."""
+
+    def __init__(self, prefix: bytes, stream: BinaryIO) -> None:
+        self._prefix = prefix
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+        if self._prefix:
+            if n is None or n < 0:
+                out, self._prefix = self._prefix, b""
+                return out + self._stream.read()
+            out, self._prefix = self._prefix[:n], self._prefix[n:]
+            if len(out) < n:
+                out += self._stream.read(n - len(out))
+            return out
+        return self._stream.read(n)
 
 
 def sidecar_path(path: str) -> str:
@@ -109,13 +202,10 @@ def _load_sidecar(header: TraceHeader) -> None:
     side = sidecar_path(header.path)
     if not os.path.exists(side):
         return
-    import yaml
+    from kvmcache.yamlio import load_yaml_file
 
-    try:
-        with open(side, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as e:
-        raise KvmcacheError(f"{side}: cannot read parameters sidecar: {e}") from None
+    # One line naming the sidecar for non-UTF-8 bytes, invalid YAML or a duplicate key.
+    data = load_yaml_file(side, "a parameters sidecar")
     if data is None:
         return
     if not isinstance(data, dict):

@@ -11,7 +11,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from kvmcache.atomic import temp_beside, unlink_quietly
+from kvmcache.atomic import open_output, unlink_quietly
 from kvmcache.errors import KvmcacheError
 from kvmcache.trace.events import EVENT_DTYPE, VM_TYPES, TraceHeader
 
@@ -175,7 +175,16 @@ class BinaryTrace:
                 raise KvmcacheError(msg)
             self.warn(msg + "; reading those")
             return avail
+        if declared < avail:
+            self._surplus(f"the file holds {avail} whole records")
         return declared
+
+    def _surplus(self, holds: str) -> None:
+        """More records than the header's count: only ``count`` are read (INTERFACES.md 3)."""
+        msg = f"{self.path}: header declares {self.header.count} records but {holds}"
+        if self.strict:
+            raise KvmcacheError(msg)
+        self.warn(f"{msg}; reading only {self.header.count}")
 
     def _partial(self, nbytes: int) -> None:
         msg = f"{self.path}: trailing partial record ({nbytes} bytes) ignored"
@@ -247,6 +256,12 @@ class BinaryTrace:
                         raise KvmcacheError(msg)
                     self.warn(msg)
                 return
+        # ``count`` records read: look one record further (never more) for a surplus.
+        extra = _read_exact(self._stream, rs)
+        if len(extra) == rs:
+            self._surplus("the stream holds more")
+        elif extra:
+            self._partial(len(extra))
 
 
 def _read_exact(stream: BinaryIO, n: int) -> bytes:
@@ -281,43 +296,63 @@ class BinaryWriter:
 
     The header is written first with count 0 and the complete flag clear; ``close()``
     patches both, so even the temporary file of a crashed writer is a readable trace.
+    A ``path`` that is a device or a FIFO is written in place (:func:`open_output`); where it
+    cannot seek back, the header keeps count 0 ("unknown: derive it from the file size").
+    Write failures (a full disk) are usage errors naming ``path``; the destination is then
+    left as it was.
     """
 
     def __init__(self, path: str, header: TraceHeader) -> None:
         self.path = path
         self.header = header
         self.count = 0
-        fd, self._tmp = temp_beside(path)
+        fd, self._tmp, self._real = open_output(path)
         self._f: io.BufferedWriter = os.fdopen(fd, "wb")
-        self._f.write(pack_header(header, 0, False))
         self._closed = False
+        self._guard(lambda: self._f.write(pack_header(header, 0, False)))
+
+    def _guard(self, action) -> None:
+        try:
+            action()
+        except OSError as e:
+            self.abort()
+            raise KvmcacheError(f"{self.path}: cannot write: {e.strerror or e}") from None
 
     def write(self, events: np.ndarray) -> None:
         """Append records (an array of EVENT_DTYPE)."""
         if events.dtype != EVENT_DTYPE:
             events = events.astype(EVENT_DTYPE)
         # The array's own buffer, not a tobytes() copy: one less pass over every block.
-        self._f.write(memoryview(np.ascontiguousarray(events)).cast("B"))
+        self._guard(lambda: self._f.write(memoryview(np.ascontiguousarray(events)).cast("B")))
         self.count += len(events)
+
+    def _finish(self) -> None:
+        self._f.flush()
+        if self._tmp is not None or self._f.seekable():
+            self._f.seek(0)
+            self._f.write(pack_header(self.header, self.count, True))
+        self._f.close()
+        if self._tmp is not None:
+            os.replace(self._tmp, self._real)
 
     def close(self) -> None:
         """Patch count and complete flag, then atomically rename into place."""
         if self._closed:
             return
-        self._f.flush()
-        self._f.seek(0)
-        self._f.write(pack_header(self.header, self.count, True))
-        self._f.close()
-        os.replace(self._tmp, self.path)
+        self._guard(self._finish)
         self._closed = True
 
     def abort(self) -> None:
         """Drop the temporary file; the destination is left untouched."""
         if self._closed:
             return
-        self._f.close()
-        unlink_quietly(self._tmp)
         self._closed = True
+        try:
+            self._f.close()
+        except OSError:
+            pass
+        if self._tmp is not None:
+            unlink_quietly(self._tmp)
 
     def __enter__(self) -> BinaryWriter:
         return self

@@ -911,7 +911,7 @@ def generate(
         raise KvmcacheError(f"bad vcpu count {vcpus!r}: must be 1..{MAX_VCPUS}")
     if isinstance(events, bool) or not isinstance(events, int) or not 2 <= events < 1 << 62:
         raise KvmcacheError(
-            f"bad event count {events!r}: must be at least 2 (vm_create and vm_destroy)"
+            f"bad event count {events!r}: must be from 2 (vm_create and vm_destroy) to 2**62 - 1"
         )
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 1 << 64:
         raise KvmcacheError(f"bad seed {seed!r}: must be an integer in [0, 2**64)")

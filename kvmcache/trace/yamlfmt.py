@@ -36,9 +36,11 @@ from kvmcache.trace.events import (
     TraceHeader,
 )
 from kvmcache.trace.sizes import size_bytes
+from kvmcache.yamlio import BINARY_TEXT, DuplicateKey, UniqueKeyLoader, read_text_file, yaml_error
 
-#: The C loader when PyYAML was built with libyaml (same YAML 1.1 rules, much faster).
-Loader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+#: The C loader when PyYAML was built with libyaml (same YAML 1.1 rules, much faster),
+#: refusing a key repeated in one mapping (an event, ``vm``, ``params``).
+Loader: type = UniqueKeyLoader
 
 FORMAT_VERSION = 1
 PAGE_SIZE = 4096
@@ -195,31 +197,12 @@ def _node_lines(node: Any) -> dict[str, int]:
     }
 
 
-def _yaml_error(path: str, e: yaml.YAMLError) -> KvmcacheError:
-    if isinstance(e, yaml.MarkedYAMLError):
-        mark = e.problem_mark or e.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = " ".join(str(e.problem or e.context or "syntax error").split())
-        return KvmcacheError(f"{path}: {where}invalid YAML: {problem}")
-    return KvmcacheError(f"{path}: invalid YAML: {' '.join(str(e).split())}")
+_yaml_error = yaml_error
 
 
 def _read_text(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise KvmcacheError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise KvmcacheError(f"{path}: is a directory, not a trace") from None
-    except OSError as e:
-        raise KvmcacheError(f"{path}: cannot read: {e.strerror or e}") from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise KvmcacheError(
-            f"{path}: not a YAML trace (not UTF-8 text at byte {e.start})"
-        ) from None
+    """The file as text, refused at its first block when it is binary data, not YAML."""
+    return read_text_file(path, "a YAML trace", binary=BINARY_TEXT)
 
 
 def _header(
@@ -452,7 +435,13 @@ def _read(path: str, loader: Any) -> tuple[TraceHeader, np.ndarray]:
             loader.get_event()
             while not loader.check_event(yaml.SequenceEndEvent):
                 item_line = loader.peek_event().start_mark.line + 1
-                item = comp.construct(comp.compose())
+                try:
+                    item = comp.construct(comp.compose())
+                except DuplicateKey as e:
+                    i = builder.count if builder is not None else len(pending)
+                    raise KvmcacheError(
+                        f"{path}: event {i} (line {e.line}): duplicate key {e.key!r}"
+                    ) from None
                 if builder is not None:
                     builder.add(item, item_line)
                 else:
@@ -462,7 +451,12 @@ def _read(path: str, loader: Any) -> tuple[TraceHeader, np.ndarray]:
         node = comp.compose()
         if key == "vm":
             vm_node = node
-        data[key] = comp.construct(node)
+        try:
+            data[key] = comp.construct(node)
+        except DuplicateKey as e:
+            raise KvmcacheError(
+                f"{path}: line {e.line}: duplicate key {e.key!r} in {key}"
+            ) from None
     loader.get_event()  # mapping end
     loader.get_event()  # document end
     if not loader.check_event(yaml.StreamEndEvent):

@@ -128,6 +128,10 @@ class ImportOptions:
         ):
             if value is not None and value <= 0:
                 raise KvmcacheError(f"{name} must be at least one 4 KiB page")
+            if value is not None and value > int(MAX_FRAME):
+                raise KvmcacheError(
+                    f"{name} is too large: a trace holds at most 2**64 - 2**30 pages"
+                )
 
     @property
     def vm_type(self) -> str:
@@ -588,6 +592,9 @@ class Importer:
                 "gfn",
             )
         else:
+            self._check_limit(
+                gfn >= MAX_FRAME, gfn, src, line, kind, "is beyond what a trace can hold", "gfn"
+            )
             last = (gfn & ~(span - np.uint64(1))) + span - np.uint64(1) if len(gfn) else gfn
             gfn_limit = _round_limit(int(last.max()) + 1 if len(last) else 0)
         pf = kind == K_PF
@@ -605,6 +612,15 @@ class Importer:
                 "pfn",
             )
         else:
+            self._check_limit(
+                is_fault & (pfn >= MAX_FRAME),
+                pfn,
+                src,
+                line,
+                kind,
+                "is beyond what a trace can hold",
+                "pfn",
+            )
             fp = pfn[is_fault] + span[is_fault] - np.uint64(1)
             host_pfn_limit = _round_limit(int(fp.max()) + 1 if len(fp) else 0)
 
@@ -675,6 +691,11 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
+
+
+#: Frames at or above this cannot be imported: a 1 GiB leaf there, rounded up to a 2 MiB
+#: multiple, would not fit the header's u64 limits.
+MAX_FRAME = np.uint64(2**64 - 2**30)
 
 
 def _round_limit(n: int) -> int:
