@@ -169,6 +169,9 @@ def load_baseline(path: str) -> Baseline:
         bad = [k for k, v in run["counters"].items() if type(v) is not int]
         if bad:
             raise KvmcacheError(f"{where}: counter {bad[0]!r} is not an integer")
+        neg = [k for k, v in run["counters"].items() if v < 0]
+        if neg:
+            raise KvmcacheError(f"{where}: counter {neg[0]!r} is negative")
         if run["alloc"] in runs:
             raise KvmcacheError(f"{path}: strategy {run['alloc']} appears twice")
         runs[run["alloc"]] = run

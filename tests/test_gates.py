@@ -380,6 +380,11 @@ def test_baseline_same_name_other_directory_matches(capsys, tmp_path):
         ('{"schema": "kvmcache.sweep/1", "runs": []}', "baseline schema 'kvmcache.sweep/1' is not"),
         ('{"schema": "kvmcache.compare/1", "runs": []}', "baseline has no runs"),
         ('{"schema": "kvmcache.replay/1", "alloc": "none"}', "missing or invalid 'params'"),
+        (
+            '{"schema": "kvmcache.replay/1", "alloc": "none", "params": {}, "trace": {},'
+            ' "counters": {"faults": -200}}',
+            "counter 'faults' is negative",
+        ),
     ],
 )
 def test_invalid_baseline_file(capsys, tmp_path, content, problem):
