@@ -790,3 +790,19 @@ def test_forced_format():
     accounted(st)
     _, events, st = import_text(lines_of("tracecmd_plugin.txt"), ImportOptions(format="ftrace"))
     assert len(events) == 5 and st.producer == "ftrace"
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"\0" * 100_000, "binary data (NUL bytes)"),
+        (b"x" * (17 << 20), "a line longer than 16 MiB"),
+    ],
+)
+def test_binary_junk_and_endless_lines_are_refused(capsys, tmp_path, content, match):
+    """Neither is held in memory while waiting for a line end (/dev/zero once grew to GBs)."""
+    src = tmp_path / "junk.txt"
+    src.write_bytes(content)
+    code, _, err = run(capsys, "import", str(src), "-o", str(tmp_path / "o.kvmt"))
+    assert code == 2 and match in error_line(err)
+    assert os.listdir(tmp_path) == ["junk.txt"]

@@ -279,8 +279,12 @@ class Importer:
         src = len(self.stats.sources) - 1
         try:
             data = stream.read(READ_BYTES)
+            if b"\0" in data[:65536]:
+                raise KvmcacheError(
+                    f"{source}: binary data (NUL bytes), not the text of a recorded trace"
+                )
             if fast is False:
-                self._consume(reader, reader.batches(_text_lines(data, stream)), src)
+                self._consume(reader, reader.batches(_text_lines(data, stream, source)), src)
             else:
                 _FastLane(self, reader, src, armed=bool(fast)).run(data, stream)
         finally:
@@ -725,7 +729,19 @@ def _decode_lines(data: bytes) -> list[str]:
     return lines
 
 
-def _text_lines(data: bytes, stream: BinaryIO) -> Iterator[str]:
+#: A longer line is not trace text (a recorded line is well under 4 KiB): refused rather than
+#: held in memory while waiting for its end.
+MAX_LINE = 16 << 20
+
+
+def _check_carry(carry: bytes, source: str) -> None:
+    if len(carry) > MAX_LINE:
+        raise KvmcacheError(
+            f"{source}: a line longer than {MAX_LINE >> 20} MiB: not the text of a recorded trace"
+        )
+
+
+def _text_lines(data: bytes, stream: BinaryIO, source: str = "<text>") -> Iterator[str]:
     """The text lines of ``data`` and then of the rest of ``stream``."""
     carry = b""
     while data:
@@ -733,6 +749,7 @@ def _text_lines(data: bytes, stream: BinaryIO) -> Iterator[str]:
         cut = buf.rfind(b"\n") + 1
         yield from _decode_lines(buf[:cut])
         carry = buf[cut:]
+        _check_carry(carry, source)
         data = stream.read(READ_BYTES)
     if carry:
         yield from _decode_lines(carry + b"\n")
@@ -797,6 +814,7 @@ class _FastLane:
                     carry = buf[pos:]
                 else:  # no line end yet
                     carry = buf
+                _check_carry(carry, self.reader.source)
                 if eof:
                     break
                 seen += len(data)
