@@ -43,9 +43,7 @@ def output_target(path: str) -> tuple[str, bool]:
 def temp_beside(path: str, what: str = "write") -> tuple[int, str]:
     """A new temporary file (descriptor, name) in ``path``'s directory, with the mode a plain
     ``open`` would give (mkstemp alone makes 0600 files). ``what`` names the action in errors.
-    ``path`` is the resolved target (:func:`output_target`)."""
-    if os.path.isdir(path):
-        raise KvmcacheError(f"{path}: is a directory")
+    ``path`` is the resolved target (:func:`output_target`: not a directory)."""
     directory = os.path.dirname(os.path.abspath(path)) or "."
     try:
         fd, tmp = tempfile.mkstemp(
@@ -110,13 +108,11 @@ def atomic_open(path: str, mode: str = "w", what: str = "write") -> Iterator[IO[
                 os.fsync(f.fileno())  # the new contents reach the disk before the rename
         if tmp is not None:
             os.replace(tmp, real)
-    except OSError as e:
+    except BaseException as e:
         if tmp is not None:
             unlink_quietly(tmp)
-        raise KvmcacheError(f"{path}: cannot {what}: {e.strerror or e}") from None
-    except BaseException:
-        if tmp is not None:
-            unlink_quietly(tmp)
+        if isinstance(e, OSError):
+            raise KvmcacheError(f"{path}: cannot {what}: {e.strerror or e}") from None
         raise
 
 

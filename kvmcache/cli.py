@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         print("kvmcache: interrupted", file=sys.stderr)
         sys.exit(130)
     except OSError as e:  # standard output full or closed, a device failing under us
-        _silence_stdout()
+        sys.stdout = _ClosedStdout()  # drop what is still buffered: a quiet exit flush
         where = e.filename or "standard output"
         print(f"kvmcache: error: {where}: {e.strerror or e}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
@@ -142,14 +142,6 @@ def main(argv: list[str] | None = None) -> None:
 def _flush_quietly() -> None:
     try:
         sys.stdout.flush()
-    except Exception:
-        pass
-
-
-def _silence_stdout() -> None:
-    """Drop what is still buffered for standard output, so the exit flush stays quiet."""
-    try:
-        sys.stdout = _ClosedStdout()
     except Exception:
         pass
 

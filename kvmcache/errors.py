@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
@@ -18,3 +21,17 @@ class KvmcacheError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+@contextmanager
+def reading(path: str, kind: str = "file", what: str | None = None) -> Iterator[None]:
+    """Turn an OSError while reading ``path`` into one line: ``no such KIND``, ``is a
+    directory[, not WHAT]`` or ``cannot read: REASON``."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise KvmcacheError(f"{path}: no such {kind}") from None
+    except IsADirectoryError:
+        raise KvmcacheError(f"{path}: is a directory" + (f", not {what}" if what else "")) from None
+    except OSError as e:
+        raise KvmcacheError(f"{path}: cannot read: {e.strerror or e}") from None

@@ -18,7 +18,7 @@ from fractions import Fraction
 from typing import Any
 
 from kvmcache.atomic import write_atomic
-from kvmcache.errors import EXIT_USAGE, KvmcacheError
+from kvmcache.errors import EXIT_USAGE, KvmcacheError, reading
 from kvmcache.sim.counters import COUNTERS
 
 REPLAY_SCHEMA = "kvmcache.replay/1"
@@ -136,14 +136,8 @@ class Baseline:
 def load_baseline(path: str) -> Baseline:
     """Read a saved replay or compare report; an unreadable or invalid one is exit 2."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with reading(path, "baseline file", "a baseline file"), open(path, encoding="utf-8") as f:
             doc = json.load(f)
-    except FileNotFoundError:
-        raise KvmcacheError(f"{path}: no such baseline file") from None
-    except IsADirectoryError:
-        raise KvmcacheError(f"{path}: is a directory, not a baseline file") from None
-    except OSError as e:
-        raise KvmcacheError(f"{path}: cannot read baseline: {e.strerror or e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise KvmcacheError(f"{path}: baseline is not valid JSON: {e}") from None
     except RecursionError:

@@ -14,7 +14,7 @@ from typing import IO, Any
 
 import yaml
 
-from kvmcache.errors import KvmcacheError
+from kvmcache.errors import KvmcacheError, reading
 
 #: The C loader when PyYAML was built with libyaml (same YAML 1.1 rules, much faster).
 _BaseLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -117,15 +117,8 @@ def read_text_file(
     path: str, what: str = "a YAML trace", kind: str = "file", binary: str | None = None
 ) -> str:
     """A text file (see :func:`read_text_stream`); a missing or unreadable one is one line."""
-    try:
-        with open(path, "rb") as f:
-            return read_text_stream(f, path, what, binary)
-    except FileNotFoundError:
-        raise KvmcacheError(f"{path}: no such {kind}") from None
-    except IsADirectoryError:
-        raise KvmcacheError(f"{path}: is a directory, not {what}") from None
-    except OSError as e:
-        raise KvmcacheError(f"{path}: cannot read: {e.strerror or e}") from None
+    with reading(path, kind, what), open(path, "rb") as f:
+        return read_text_stream(f, path, what, binary)
 
 
 def load_yaml_file(path: str, what: str, kind: str = "file") -> Any:

@@ -312,44 +312,35 @@ def _yaml_trace(tmp_path, text: str) -> str:
     return str(p)
 
 
-def test_duplicate_key_in_an_event(capsys, tmp_path):
-    t = _yaml_trace(
-        tmp_path,
-        HEAD + "events:\n  - {ts: 0, op: vm_create}\n"
-        "  - {ts: 1, op: vcpu_create, vcpu: 0}\n"
-        "  - {ts: 2, op: fault, vcpu: 0, gfn: 1, gfn: 2, pfn: 3, level: 4k}\n",
-    )
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        (  # in an event
+            HEAD + "events:\n  - {ts: 0, op: vm_create}\n"
+            "  - {ts: 1, op: vcpu_create, vcpu: 0}\n"
+            "  - {ts: 2, op: fault, vcpu: 0, gfn: 1, gfn: 2, pfn: 3, level: 4k}\n",
+            "event 2 (line 6): duplicate key 'gfn'",
+        ),
+        (  # in a block-style event, before the header
+            "events:\n  - op: vm_create\n    ts: 0\n    ts: 1\n" + HEAD,
+            "event 0 (line 4): duplicate key 'ts'",
+        ),
+        (  # in params
+            HEAD + "params:\n  capacity: 4\n  capacity: 8\nevents: []\n",
+            "line 5: duplicate key 'capacity' in params",
+        ),
+        (  # in vm
+            "kvmcache-trace: 1\nvm: {type: tdx, type: vmx, root_level: 4, gfn_limit: 1,"
+            " host_pfn_limit: 1}\nevents: []\n",
+            "line 2: duplicate key 'type' in vm",
+        ),
+    ],
+)
+def test_duplicate_key_in_a_yaml_trace(capsys, tmp_path, text, problem):
+    t = _yaml_trace(tmp_path, text)
     code, _, err = run(capsys, "info", t)
     assert code == 2
-    assert error_line(err) == f"{t}: event 2 (line 6): duplicate key 'gfn'"
-
-
-def test_duplicate_key_in_block_style_event_before_header(capsys, tmp_path):
-    t = _yaml_trace(
-        tmp_path,
-        "events:\n  - op: vm_create\n    ts: 0\n    ts: 1\n" + HEAD,
-    )
-    code, _, err = run(capsys, "info", t)
-    assert code == 2
-    assert error_line(err) == f"{t}: event 0 (line 4): duplicate key 'ts'"
-
-
-def test_duplicate_key_in_params(capsys, tmp_path):
-    t = _yaml_trace(tmp_path, HEAD + "params:\n  capacity: 4\n  capacity: 8\nevents: []\n")
-    code, _, err = run(capsys, "info", t)
-    assert code == 2
-    assert error_line(err) == f"{t}: line 5: duplicate key 'capacity' in params"
-
-
-def test_duplicate_key_in_vm(capsys, tmp_path):
-    t = _yaml_trace(
-        tmp_path,
-        "kvmcache-trace: 1\nvm: {type: tdx, type: vmx, root_level: 4, gfn_limit: 1,"
-        " host_pfn_limit: 1}\nevents: []\n",
-    )
-    code, _, err = run(capsys, "info", t)
-    assert code == 2
-    assert error_line(err) == f"{t}: line 2: duplicate key 'type' in vm"
+    assert error_line(err) == f"{t}: {problem}"
 
 
 def test_yaml_merge_key_may_still_be_overridden(tmp_path):

@@ -57,16 +57,20 @@ sys.exit(1 if bad else 0)
 """
 
 
-def test_goldens_with_jit_disabled():
-    """The kernel's Python body (NUMBA_DISABLE_JIT=1) computes the same counters."""
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    p = subprocess.run(
-        [sys.executable, "-c", _NOJIT, os.path.join(HERE, "golden")],
+def _child(script: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``script`` in a fresh interpreter with ``env``, given the golden directory."""
+    return subprocess.run(
+        [sys.executable, "-c", script, os.path.join(HERE, "golden")],
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
+
+
+def test_goldens_with_jit_disabled():
+    """The kernel's Python body (NUMBA_DISABLE_JIT=1) computes the same counters."""
+    p = _child(_NOJIT, dict(os.environ, NUMBA_DISABLE_JIT="1"))
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.startswith("0 ")
 
@@ -94,14 +98,7 @@ print(json.dumps({"numba": "numba" in sys.modules, "runs": out}))
 def test_commands_replay_tiny_traces_in_python_without_numba():
     """`kvmcache replay` / `compare` on a tiny trace run the kernel's Python body without
     importing numba (start-up 0.4 s instead of 1.1 s): same counters, nothing on stderr."""
-    env = {k: v for k, v in os.environ.items() if k != "KVMCACHE_JIT"}
-    p = subprocess.run(
-        [sys.executable, "-c", _PYTHON_MODE, os.path.join(HERE, "golden")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    p = _child(_PYTHON_MODE, {k: v for k, v in os.environ.items() if k != "KVMCACHE_JIT"})
     assert p.returncode == 0 and p.stderr == "", p.stderr
     doc = json.loads(p.stdout)
     assert doc["numba"] is False

@@ -234,12 +234,17 @@ OPTIONS = [
 
 @pytest.mark.parametrize("seed", range(150))
 def test_fast_lane_equals_python_path(seed, monkeypatch):
-    data = soup(seed)
-    opts = OPTIONS[seed % len(OPTIONS)]
+    rng = random.Random(seed)
+    sizes = (rng.randint(40, 400), rng.randint(400, 4000), 1 << 20)
+    _lanes_agree(soup(seed), OPTIONS[seed % len(OPTIONS)], sizes, monkeypatch)
+
+
+def _lanes_agree(data: bytes, opts: ImportOptions, sizes, monkeypatch) -> None:
+    """Line by line, the Python path on a stream, and the fast lane read in blocks of each
+    of ``sizes`` bytes, make the same trace and summary."""
     expected = _run(data, "lines", opts)
     assert _run(data, "python", opts) == expected
-    rng = random.Random(seed)
-    for size in (rng.randint(40, 400), rng.randint(400, 4000), 1 << 20):
+    for size in sizes:
         monkeypatch.setattr(mapping, "READ_BYTES", size)
         assert _run(data, "fast", opts) == expected, size
 
@@ -249,14 +254,9 @@ PERF_OPTIONS = [ImportOptions(), ImportOptions(format="perf-script"), ImportOpti
 
 @pytest.mark.parametrize("seed", range(90))
 def test_fast_lane_equals_python_path_perf(seed, monkeypatch):
-    data = perf_soup(seed)
-    opts = PERF_OPTIONS[seed % len(PERF_OPTIONS)]
-    expected = _run(data, "lines", opts)
-    assert _run(data, "python", opts) == expected
     rng = random.Random(seed)
-    for size in (rng.randint(40, 400), 1 << 20):
-        monkeypatch.setattr(mapping, "READ_BYTES", size)
-        assert _run(data, "fast", opts) == expected, size
+    sizes = (rng.randint(40, 400), 1 << 20)
+    _lanes_agree(perf_soup(seed), PERF_OPTIONS[seed % len(PERF_OPTIONS)], sizes, monkeypatch)
 
 
 def test_fast_lane_takes_plain_lines():

@@ -8,12 +8,11 @@ import click
 import numpy as np
 import yaml
 
-from kvmcache.atomic import atomic_open, output_target
+from kvmcache.atomic import atomic_open, output_target, same_file
 from kvmcache.errors import KvmcacheError
 from kvmcache.params import parse_mapping
 from kvmcache.trace import YAML_EXTS, open_trace, sidecar_path
-from kvmcache.trace.binary import BinaryWriter
-from kvmcache.trace.binary import _stderr_warn as warn
+from kvmcache.trace.binary import BinaryWriter, stderr_warn
 from kvmcache.trace.events import empty
 from kvmcache.trace.validate import Validator
 from kvmcache.trace.yamlfmt import write_yaml
@@ -30,10 +29,7 @@ def output_format(path: str) -> str:
 def _check_paths(src: str, dst: str, force: bool) -> None:
     if dst == "-":
         raise KvmcacheError("convert: OUT must be a file path, not standard output")
-    if src != "-" and (
-        os.path.abspath(src) == os.path.abspath(dst)
-        or (os.path.exists(src) and os.path.exists(dst) and os.path.samefile(src, dst))
-    ):
+    if src != "-" and (os.path.abspath(src) == os.path.abspath(dst) or same_file(src, dst)):
         raise KvmcacheError(f"{dst}: IN and OUT are the same file; convert to a new file")
     if os.path.isdir(dst):
         raise KvmcacheError(f"{dst}: is a directory; OUT must be a file path")
@@ -49,7 +45,7 @@ def _write_sidecar(dst: str, params: dict) -> str | None:
     side = sidecar_path(dst)
     if output_target(dst)[1]:  # a device or a FIFO: no file beside it
         if params:
-            warn(f"{dst} is not a regular file: its model parameters are not written")
+            stderr_warn(f"{dst} is not a regular file: its model parameters are not written")
         return None
     if not params:
         if os.path.lexists(side):

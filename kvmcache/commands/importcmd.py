@@ -143,13 +143,11 @@ def command(
         raise KvmcacheError("standard input (-) can be given only once")
     if output == "-":
         raise KvmcacheError("import: OUT must be a file path, not standard output")
-    if os.path.isdir(output):
-        raise KvmcacheError(f"{output}: is a directory")
+    in_place = output_target(output)[1]  # refuses a directory; a device or FIFO: no sidecar
     refuse_overwriting_inputs(output, list(inputs), "the trace")
     if os.path.lexists(output) and not force:
         raise KvmcacheError(f"{output}: already exists; use --force to overwrite it")
     side = import_sidecar_path(output)
-    in_place = output_target(output)[1]  # a device or a FIFO: no file beside it
     if not in_place and os.path.lexists(side) and not force:
         raise KvmcacheError(f"{side}: already exists; use --force to overwrite it")
     header, events, stats = import_paths(inputs, options)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvmcache.errors import KvmcacheError
+from kvmcache.errors import KvmcacheError, reading
 from kvmcache.params import PARAMS
 from kvmcache.report.timeline import TIMELINE_COLUMNS
 from kvmcache.sim.counters import COUNTERS, STRATEGIES
@@ -98,17 +98,11 @@ def _read_text(path: str) -> str:
     at its first block instead of being read into memory."""
     from kvmcache.yamlio import read_text_stream
 
-    try:
+    with reading(path):
         if path == "-":
             return read_text_stream(_stdin_bytes(), "<stdin>", _NOT_TEXT)
         with open(path, "rb") as f:
             return read_text_stream(f, path, _NOT_TEXT)
-    except FileNotFoundError:
-        raise KvmcacheError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise KvmcacheError(f"{path}: is a directory") from None
-    except OSError as e:
-        raise KvmcacheError(f"{path}: cannot read: {e.strerror or e}") from None
 
 
 def _stdin_bytes() -> Any:

@@ -11,7 +11,7 @@ from typing import BinaryIO, Protocol
 
 import numpy as np
 
-from kvmcache.errors import KvmcacheError
+from kvmcache.errors import KvmcacheError, reading
 from kvmcache.trace.binary import DEFAULT_CHUNK, MAGIC, BinaryTrace, Warn
 from kvmcache.trace.events import TraceHeader
 
@@ -42,12 +42,8 @@ class InMemoryTrace:
 
 
 def _stat(path: str) -> os.stat_result:
-    try:
+    with reading(path):
         st = os.stat(path)
-    except FileNotFoundError:
-        raise KvmcacheError(f"{path}: no such file") from None
-    except OSError as e:
-        raise KvmcacheError(f"{path}: cannot read: {e.strerror or e}") from None
     if stat.S_ISDIR(st.st_mode):
         raise KvmcacheError(f"{path}: is a directory, not a trace")
     return st
@@ -65,15 +61,8 @@ def detect_format(path: str) -> str:
             f"{path}: not a regular file (a pipe or device can be read only once); "
             "give a trace file"
         )
-    try:
-        with open(path, "rb") as f:
-            first = f.read(len(MAGIC))
-    except FileNotFoundError:
-        raise KvmcacheError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise KvmcacheError(f"{path}: is a directory, not a trace") from None
-    except OSError as e:
-        raise KvmcacheError(f"{path}: cannot read: {e.strerror or e}") from None
+    with reading(path, what="a trace"), open(path, "rb") as f:
+        first = f.read(len(MAGIC))
     if first == MAGIC:
         return "binary"
     if path.lower().endswith(YAML_EXTS):

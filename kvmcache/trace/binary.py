@@ -35,7 +35,7 @@ DEFAULT_CHUNK = 1 << 20
 Warn = Callable[[str], None]
 
 
-def _stderr_warn(msg: str) -> None:
+def stderr_warn(msg: str) -> None:
     print(f"kvmcache: warning: {msg}", file=sys.stderr)
 
 
@@ -135,7 +135,7 @@ class BinaryTrace:
         self.path = path
         self.strict = strict
         self.chunk_events = max(1, int(chunk_events))
-        self.warn = warn or _stderr_warn
+        self.warn = warn or stderr_warn
         self._stream = stream
         self._prefix = prefix
         self._mmap_ok = stream is None and path != "-"

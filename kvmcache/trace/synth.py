@@ -380,13 +380,19 @@ def _push(M, P, which, entry):
     M[S_RING_N + which] = k + 1
 
 
+@_jit(f"int64(int64[::1], {_P}, int64, int64, int64)")
+def _ring_at(M, P, which, k, r32):
+    """The entry of a ring with k > 0 pushes that 32 random bits pick (as :func:`_below`)."""
+    return M[np.uint64(P[P_RINGS] + which * RING + ((r32 * min(k, RING)) >> 32))]
+
+
 @_jit(f"int64(int64[::1], {_P}, int64)")
 def _sample(M, P, which):
     """A random entry of a ring, or -1 when it is empty."""
     k = M[S_RING_N + which]
     if k == 0:
         return -1
-    return M[np.uint64(P[P_RINGS] + which * RING + _below(M, min(k, RING)))]
+    return _ring_at(M, P, which, k, _u32(M))
 
 
 @_jit_inline
@@ -669,7 +675,7 @@ def _split_phase_b(out, n, M, P, ts, root):
         k = M[S_RING_N + R_SPLIT]
         if k > 0:  # a page of a split region, both from one draw
             z = _u64(M)
-            e = M[np.uint64(P[P_RINGS] + R_SPLIT * RING + (((z & _M32) * min(k, RING)) >> 32))]
+            e = _ring_at(M, P, R_SPLIT, k, z & _M32)
             gfn = (e >> 1) * _REGION + ((z >> 32) & (_REGION - 1))
             r = e & 1
             if u < _T_SPLIT_UNMAP and _has4k(M, P, r, gfn):

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from kvmcache.errors import KvmcacheError
+from kvmcache.errors import KvmcacheError, reading
 from kvmcache.trace.events import TraceHeader
 from kvmcache.trace.importers.mapping import Importer, ImportOptions, ImportStats
 
@@ -118,14 +118,8 @@ def open_text(path: str) -> Iterator[tuple[BinaryIO, str | None]]:
             if not hasattr(raw, "peek"):  # e.g. a BytesIO standing in for stdin
                 raw = io.BufferedReader(raw)  # type: ignore[arg-type]
         else:
-            if os.path.isdir(path):
-                raise KvmcacheError(f"{path}: is a directory, not a trace")
-            try:
+            with reading(path, what="a trace"):
                 raw = stack.enter_context(open(path, "rb"))
-            except FileNotFoundError:
-                raise KvmcacheError(f"{path}: no such file") from None
-            except OSError as e:
-                raise KvmcacheError(f"{path}: cannot read: {e.strerror or e}") from None
         stream = _decompressor(raw, name)
         if stream is not raw:
             stack.enter_context(stream)
