@@ -44,7 +44,17 @@ PARAMS: tuple[Param, ...] = (
     Param("header_bytes", 192, "size of one header slab object (byte figures only)"),
     Param("desc_bytes", 128, "size of one desc slab object (byte figures only)"),
     Param("teardown", True, "destroy the VM at the end of the trace"),
+    Param("ns_alloc", 400, "ns of one alloc_page() (buddy allocator and zeroing; assumption)"),
+    Param("ns_slab", 40, "ns of one slab object added to desc or header (assumption)"),
+    Param("ns_topup", 100, "ns of fixed cost per cache top-up that adds objects (assumption)"),
+    Param("ns_free", 100, "ns of one free_page() (assumption)"),
+    Param("ns_pamt_add", 4000, "ns of one PAMT.ADD SEAMCALL under pamt_lock (measured average)"),
+    Param("ns_pamt_remove", 2000, "ns of one PAMT.REMOVE under pamt_lock (measured average)"),
+    Param("ns_fault", 1000, "ns of fixed work per locked section of a fault (assumption)"),
+    Param("ns_link", 500, "ns per page table a fault links (S-EPT add; assumption)"),
 )
+#: Section 8 costs are at most 2^32 - 1 ns each.
+NS_MAX = 2**32 - 1
 PARAM_BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}
 DEFAULTS: dict[str, int | bool] = {p.name: p.default for p in PARAMS}
 
@@ -124,6 +134,11 @@ def validate(params: Mapping[str, int | bool]) -> None:
             f"parameter capacity: {params['capacity']} is below {biggest} ({mins[biggest]}); "
             "capacity must be >= every min_*"
         )
+    for p in PARAMS:
+        if p.name.startswith("ns_") and params[p.name] > NS_MAX:
+            raise KvmcacheError(
+                f"parameter {p.name}: {params[p.name]} is too large (at most 2**32 - 1 ns)"
+            )
     if params["spread"] < 1:
         raise KvmcacheError("parameter spread: must be >= 1")
     if params["pamt_pairs"] < 1:

@@ -1,6 +1,7 @@
-"""A slow, obvious pure-Python reference implementation of MODEL.md (version 1).
+"""A slow, obvious pure-Python reference implementation of the model (MODEL.md, version 2).
 
-Written straight from the text of /work/shared/MODEL.md, for reading, not for speed, and
+Written straight from the text of the model specification (docs/model.md maps it to the
+code), for reading, not for speed, and
 sharing no code with the numba kernel, so that the two can be compared counter for counter.
 Section numbers in comments refer to MODEL.md.
 
@@ -13,7 +14,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from kvmcache.sim.counters import CACHES, COUNTERS, FAULT_PAGES_BUCKETS, STRATEGIES
+from kvmcache.sim.counters import (
+    CACHES,
+    COUNTERS,
+    FAULT_LATENCY_BUCKETS,
+    FAULT_PAGES_BUCKETS,
+    STRATEGIES,
+)
 from kvmcache.trace.events import (
     FLAG_PRIVATE,
     OP_FAULT,
@@ -30,6 +37,7 @@ DIRECT = "direct"
 DPAMT_STRATEGIES = ("dpamt-install", "dpamt-alloc", "dpamt-pair", "dpamt-prealloc")
 LEAF_COUNTER = {1: "leaves_4k", 2: "leaves_2m", 3: "leaves_1g"}
 HELD_PEAK = {name: f"{name}_held_peak" for name in CACHES}
+U64_MAX = 2**64 - 1  # section 8.1: every clock value saturates here
 
 
 class ModelError(Exception):
@@ -102,7 +110,18 @@ class Machine:
 
         self.c: dict[str, int] = {name: 0 for name in COUNTERS}
         self.hist = [0] * FAULT_PAGES_BUCKETS
+        self.latency_hist = [0] * FAULT_LATENCY_BUCKETS
         self.event_index = 0
+        self.host_pfn_limit = host_pfn_limit
+
+        # Section 8: the model clock, when each live vCPU is next free, when pamt_lock is
+        # next free, and the start of the current fault's event and locked section.
+        self.t = 0
+        self.busy: dict[int, int] = {}
+        self.pamt_free = 0
+        self.saturations = 0  # clock additions that hit 2^64 - 1 (for the tests' coverage)
+        self.event_start = 0
+        self.lock_start = 0
 
         # Host allocator (section 4).
         kb = int(self.p["kernel_base_pfn"])
@@ -175,11 +194,13 @@ class Machine:
                     self.event_index,
                 )
             self.k += 1
+        self.advance(self.p["ns_alloc"])
         self.c["pages_allocated"] += 1
         self.observe()
         return pfn
 
     def free_page(self, pfn: int) -> None:
+        self.advance(self.p["ns_free"])
         self.free_stack.append(pfn)
         self.c["pages_freed"] += 1
 
@@ -188,6 +209,39 @@ class Machine:
         pfn = self.alloc_page()
         self.c["alloc_direct"] += 1
         return pfn
+
+    # ------------------------------------------------------------------ time (section 8)
+
+    def advance(self, cost: int) -> None:
+        """8.1: every clock addition saturates at 2^64 - 1."""
+        if self.t + int(cost) > U64_MAX:
+            self.saturations += 1
+        self.t = min(self.t + int(cost), U64_MAX)
+
+    def pamt_lock(self, cost: int) -> None:
+        """8.2: one PAMT.ADD or PAMT.REMOVE under the global pamt_lock, granted in trace order."""
+        c = self.c
+        wait = max(0, self.pamt_free - self.t)
+        c["pamt_lock_wait_ns"] += wait
+        if wait > 0:
+            c["pamt_lock_contended"] += 1
+        c["pamt_lock_wait_max_ns"] = max(c["pamt_lock_wait_max_ns"], wait)
+        self.advance(wait)
+        self.advance(cost)
+        c["pamt_lock_held_ns"] += int(cost)  # the full cost, even when the clock saturates
+        self.pamt_free = self.t
+
+    def begin_locked(self) -> None:
+        """8.3: a fault's locked section starts (before its ns_fault)."""
+        self.in_lock = True
+        self.lock_start = self.t
+        self.advance(self.p["ns_fault"])
+
+    def end_locked(self) -> None:
+        self.in_lock = False
+        d = self.t - self.lock_start
+        self.c["time_locked_ns"] += d
+        self.c["time_locked_max_ns"] = max(self.c["time_locked_max_ns"], d)
 
     # ------------------------------------------------------------------ refcounts
 
@@ -235,6 +289,7 @@ class Machine:
         self.pair[r] = (first, second)
         self.c["pamt_add"] += 1
         self.c["pamt_lock_acquired"] += 1
+        self.pamt_lock(self.p["ns_pamt_add"])
         if self.in_lock:
             self.c["seamcalls_under_mmu_lock"] += 1
         self.set_refcount(r, 1)
@@ -253,6 +308,7 @@ class Machine:
         self.set_refcount(r, 0)
         self.c["pamt_remove"] += 1
         self.c["pamt_lock_acquired"] += 1
+        self.pamt_lock(self.p["ns_pamt_remove"])  # the pair is freed after the release
         first, second = self.pair.pop(r)
         self.free_page(first)
         self.free_page(second)
@@ -301,6 +357,7 @@ class Machine:
             self.c["header_consumed"] += 1
         else:
             self.c["alloc_under_lock"] += 1
+            self.advance(self.p["ns_slab"])  # 8.2: a header object allocated on the spot
 
     def under_lock_page(self) -> int:
         """The empty-cache fallback for one page (5.2): `alloc_under_lock`, not `alloc_direct`."""
@@ -319,13 +376,21 @@ class Machine:
     def topup_slab(self, v: VCpu, cache: str, minimum: int) -> None:
         if getattr(v, cache) < minimum:
             self.c[f"{cache}_topups"] += 1
+            self.advance(self.p["ns_topup"])
             while getattr(v, cache) < int(self.p["capacity"]):
+                self.advance(self.p["ns_slab"])
                 setattr(v, cache, getattr(v, cache) + 1)
                 self.held[cache] += 1
                 self.c[f"{cache}_allocated"] += 1
                 self.observe()
 
     def topup(self, v: VCpu) -> None:
+        """Section 5.1 and its duration (8.3, ``time_topup_ns``)."""
+        t0 = self.t
+        self.fill(v)
+        self.c["time_topup_ns"] += self.t - t0
+
+    def fill(self, v: VCpu) -> None:
         """Section 5.1, in this order: desc, sept, pamt, spt, header."""
         p = self.p
         cap = int(p["capacity"])
@@ -334,6 +399,7 @@ class Machine:
         # 2. sept: TDX only, strategy not dpamt-prealloc
         if self.tdx and self.strategy != "dpamt-prealloc" and len(v.sept) < int(p["min_sept"]):
             self.c["sept_topups"] += 1
+            self.advance(p["ns_topup"])
             while len(v.sept) < cap:
                 # CHOICE: each object is pushed once complete (after its get / its pair), as
                 # the kernel's custom page allocator returns a ready object; no counter sees it.
@@ -357,6 +423,7 @@ class Machine:
             target = int(p["prealloc_sept"]) + 2 * int(p["pamt_pairs"])
         if len(v.pamt) < target:
             self.c["pamt_topups"] += 1
+            self.advance(p["ns_topup"])
             while len(v.pamt) < target:
                 page = self.alloc_page()
                 self.c["pamt_allocated"] += 1
@@ -364,6 +431,7 @@ class Machine:
         # 4. spt
         if len(v.spt) < int(p["min_spt"]):
             self.c["spt_topups"] += 1
+            self.advance(p["ns_topup"])
             while len(v.spt) < cap:
                 page = self.alloc_page()
                 self.c["spt_allocated"] += 1
@@ -373,10 +441,11 @@ class Machine:
 
     def retry_topup(self, v: VCpu) -> None:
         """5.3: the fault fails, drops mmu_lock, re-runs the whole top-up, resumes."""
-        was_locked = self.in_lock
-        self.in_lock = False
+        # 8.3: the failed get ends the locked section; the retry's top-up runs outside the
+        # lock, and the locked section starts again with its ns_fault.
+        self.end_locked()
         self.topup(v)
-        self.in_lock = was_locked
+        self.begin_locked()
 
     # ------------------------------------------------------------------ VM and vCPUs
 
@@ -550,6 +619,7 @@ class Machine:
                     self.pair[r] = (q0, q1)
                     self.c["pamt_add"] += 1
                     self.c["pamt_lock_acquired"] += 1
+                    self.pamt_lock(self.p["ns_pamt_add"])
                     self.c["seamcalls_under_mmu_lock"] += 1
                     self.set_refcount(r, 1)
             elif s == "dpamt-alloc":
@@ -568,6 +638,7 @@ class Machine:
             self.c["tables_linked_mirror"] += 1
         else:
             self.c["tables_linked_direct"] += 1
+        self.advance(self.p["ns_link"])  # 8.3: at the end of the link (the S-EPT add)
         self.tables[root][(k, gfn >> (9 * k))] = Table(spt, sept)
 
     def fault(self, index: int, gfn: int, pfn: int, level: int, private: bool) -> None:
@@ -585,16 +656,15 @@ class Machine:
             v = self.vcpu_create(index)
         # 1. top-up, then the locked section begins
         self.topup(v)
-        self.in_lock = True
         self.fault_pages = 0
         # 2. root
         root = MIRROR if private else DIRECT
-        # 3. spurious
+        # 3. spurious: no locked section, no ns_fault (8.3)
         leaves = self.leaves[root]
         if any(self.leaf_key(j, gfn) in leaves for j in (1, 2, 3)):
             self.c["faults_spurious"] += 1
-            self.in_lock = False
             return
+        self.begin_locked()
         # 4. level fit
         g = level
         if root == MIRROR:
@@ -623,8 +693,14 @@ class Machine:
         if root == MIRROR and g == 1 and self.dpamt:
             self.get(pfn, v)
         # 7. the locked section ends
-        self.in_lock = False
+        self.end_locked()
         self.hist[min(self.fault_pages, FAULT_PAGES_BUCKETS - 1)] += 1
+        # 8.3: latency from the event's start (busy delay excluded) to the fault's end
+        d = self.t - self.event_start
+        self.c["fault_latency_ns"] += d
+        self.c["fault_latency_max_ns"] = max(self.c["fault_latency_max_ns"], d)
+        bucket = 0 if d < 128 else min(FAULT_LATENCY_BUCKETS - 1, d.bit_length() - 1 - 6)
+        self.latency_hist[bucket] += 1
 
     def unmap(self, gfn: int, level: int, private: bool) -> None:
         """Section 5.5."""
@@ -650,6 +726,7 @@ class Machine:
             return
         assert leaf.pfn is not None
         # The new level-1 table, outside the caches: header slab (not counted), spt, S-EPT.
+        self.advance(self.p["ns_slab"])  # 8.2: the split table's header object
         spt = self.alloc_direct()
         sept: int | None = None
         r = range_of(leaf.pfn)
@@ -664,6 +741,7 @@ class Machine:
                     self.pair[r] = (q0, q1)
                     self.c["pamt_add"] += 1
                     self.c["pamt_lock_acquired"] += 1
+                    self.pamt_lock(self.p["ns_pamt_add"])
                 self.set_refcount(r, self.refcount.get(r, 0) + 512)
         del self.leaves[root][key]
         self.tables[root][(1, gfn >> 9)] = Table(spt, sept)
@@ -700,6 +778,14 @@ class Machine:
                 # CHOICE: also after a vm_destroy that found no VM (it still ends the trace's VM).
                 raise ModelError("event after vm_destroy", i)
             private = bool(flags & FLAG_PRIVATE)
+            # 8.1: where the event starts on the model clock.
+            start = ts
+            if op in (OP_FAULT, OP_VCPU_CREATE, OP_VCPU_DESTROY):
+                busy = self.busy.get(vcpu, 0) if vcpu in self.vcpus else 0
+                start = max(ts, busy)
+                c["vcpu_delay_ns"] += start - ts
+            self.t = start
+            self.event_start = start
             if op == OP_VM_CREATE:
                 if self.vm_exists:
                     raise ModelError("vm_create when a VM exists", i)
@@ -713,6 +799,7 @@ class Machine:
                 if vcpu in self.vcpus:
                     raise ModelError(f"vcpu_create of live vCPU {vcpu}", i)
                 self.vcpu_create(vcpu)
+                self.busy[vcpu] = self.t
             elif op == OP_VCPU_DESTROY:
                 if vcpu not in self.vcpus:
                     # Section 7: a vcpu_destroy naming a new vCPU creates it first.
@@ -720,6 +807,7 @@ class Machine:
                 self.vcpu_destroy(vcpu)
             elif op == OP_FAULT:
                 self.fault(vcpu, gfn, pfn, level, private)
+                self.busy[vcpu] = self.t
             elif op == OP_UNMAP:
                 # CHOICE: unmap and split never create the VM or a vCPU; before the roots
                 # exist they simply miss (unmaps_missing).
@@ -738,7 +826,19 @@ class Machine:
         c["cache_pages_idle_end"] = self.idle_pages
         if bool(self.p["teardown"]) and not self.vm_destroyed and self.vm_exists:
             self.event_index = len(rows)
+            self.t = rows[-1][0] if rows else 0  # 8.1: the teardown starts at the last ts
             self.vm_destroy()
+        c["pamt_bytes_peak"] = self.pamt_bytes_peak()
+
+    def pamt_bytes_peak(self) -> int:
+        """Section 9: static PAMT_4K for none on TDX, pairs plus refcounts for DPAMT."""
+        if not self.tdx:
+            return 0
+        end = max(self.host_pfn_limit, self.kernel_end)
+        host_ranges = -(-end // 512)
+        if not self.dpamt:
+            return 8192 * host_ranges
+        return 8192 * self.c["pamt_pairs_peak"] + 4 * host_ranges
 
 
 def replay(
@@ -749,10 +849,14 @@ def replay(
     events: Any,
     params: dict[str, Any],
     alloc: str,
-) -> tuple[dict[str, int], list[int]]:
-    """Replay ``events`` (an EVENT_DTYPE array) and return (counters in COUNTERS order, fault_pages)."""
+    stats: dict[str, int] | None = None,
+) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """Replay ``events`` (an EVENT_DTYPE array): (counters in COUNTERS order, histograms)."""
     del gfn_limit  # the model never needs it: events are assumed valid
     m = Machine(vm_type, root_level, host_pfn_limit, params, alloc)
     m.run(events)
+    if stats is not None:
+        stats["saturations"] = m.saturations
     counters = {name: int(m.c[name]) for name in COUNTERS}
-    return counters, [int(x) for x in m.hist]
+    hists = {"fault_pages": [int(x) for x in m.hist], "fault_latency": list(m.latency_hist)}
+    return counters, hists

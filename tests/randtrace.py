@@ -28,6 +28,18 @@ from kvmcache.trace.events import (
 )
 
 
+NS_PARAMS = (
+    "ns_alloc",
+    "ns_slab",
+    "ns_topup",
+    "ns_free",
+    "ns_pamt_add",
+    "ns_pamt_remove",
+    "ns_fault",
+    "ns_link",
+)
+
+
 def _chance(rng: np.random.Generator, p: float) -> bool:
     return bool(rng.random() < p)
 
@@ -57,6 +69,11 @@ def random_params(rng: np.random.Generator, host_pfn_limit: int) -> dict[str, An
             out[name] = 0 if _chance(rng, 0.5) else int(rng.integers(1, 4))
     if _chance(rng, 0.8):
         out["teardown"] = _chance(rng, 0.5)
+    if _chance(rng, 0.5):
+        # Section 8 costs: tight (0, 1), small, the defaults, or extreme (2^32 - 1).
+        for name in NS_PARAMS:
+            if _chance(rng, 0.6):
+                out[name] = int(_pick(rng, [0, 1, 2, int(rng.integers(0, 5000)), 2**32 - 1]))
     if _chance(rng, 0.1):
         # An explicit kernel region: aligned or not, after host memory or overlapping the
         # guest's host ranges (then S-EPT pages and guest pages share DPAMT ranges).
@@ -116,6 +133,8 @@ def random_trace(
     # ts, op, vcpu, gfn, pfn, level, flags
     rows: list[tuple[int, int, int, int, int, int, int]] = []
     ts = int(rng.integers(0, 1000))
+    if _chance(rng, 0.05):
+        ts = U64_MAX - int(rng.integers(0, 100_000))  # the model clock saturates (section 8.1)
 
     def next_ts() -> int:
         nonlocal ts

@@ -102,17 +102,18 @@ def test_golden(scenario: Path, strategy: str) -> None:
         if counters[name] != expected["counters"][name]
     }
     assert not diff, f"(got, expected): {diff}"
-    assert hist == expected["histograms"]["fault_pages"]
+    assert hist == expected["histograms"]
 
 
 def _check_invariants(
-    counters: dict[str, int], hist: list[int], params: dict[str, Any], destroyed: bool
+    counters: dict[str, int], hists: dict[str, list[int]], params: dict[str, Any], destroyed: bool
 ) -> None:
     """Sanity invariants of MODEL.md that hold on every valid trace and strategy.
 
     ``destroyed``: the VM was destroyed, by an explicit vm_destroy or the end-of-trace teardown.
     """
     c = counters
+    hist = hists["fault_pages"]
     torn_down = destroyed and bool(params["teardown"])  # freed_unused includes the teardown
     for cache in CACHES:
         held = c[f"{cache}_allocated"] - c[f"{cache}_consumed"] - c[f"{cache}_freed_unused"]
@@ -135,6 +136,19 @@ def _check_invariants(
     assert c["faults"] == c["faults_private"] + c["faults_shared"]
     assert sum(hist) == c["faults"] - c["faults_spurious"]
     assert len(hist) == FAULT_PAGES_BUCKETS
+    # Section 8: one latency per non-spurious fault; the lock holds add up exactly.
+    assert sum(hists["fault_latency"]) == c["faults"] - c["faults_spurious"]
+    assert len(hists["fault_latency"]) == 32
+    assert c["pamt_lock_held_ns"] == (
+        params["ns_pamt_add"] * c["pamt_add"] + params["ns_pamt_remove"] * c["pamt_remove"]
+    )
+    assert c["pamt_lock_wait_ns"] >= c["pamt_lock_wait_max_ns"] >= 0
+    assert c["pamt_lock_contended"] <= c["pamt_lock_acquired"]
+    assert c["time_locked_ns"] >= c["time_locked_max_ns"]
+    assert c["fault_latency_ns"] >= c["fault_latency_max_ns"]
+    assert c["fault_latency_ns"] >= c["time_locked_ns"]
+    if c["pamt_add"] == 0 and c["pamt_remove"] == 0:
+        assert c["pamt_lock_wait_ns"] == c["pamt_lock_contended"] == 0
     assert c["vcpus_created"] >= c["vcpus_destroyed"]
     if destroyed:
         assert c["vcpus_created"] == c["vcpus_destroyed"]

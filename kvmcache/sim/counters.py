@@ -59,12 +59,31 @@ COUNTERS: tuple[str, ...] = (
     # health
     "refcount_underflow",
     "leaked_ranges",
+    # memory (section 9)
+    "pamt_bytes_peak",
+    # time (section 8), nanoseconds of the model clock
+    "time_topup_ns",
+    "time_locked_ns",
+    "time_locked_max_ns",
+    "pamt_lock_wait_ns",
+    "pamt_lock_wait_max_ns",
+    "pamt_lock_contended",
+    "pamt_lock_held_ns",
+    "fault_latency_ns",
+    "fault_latency_max_ns",
+    "vcpu_delay_ns",
 )
 INDEX: dict[str, int] = {name: i for i, name in enumerate(COUNTERS)}
 N_COUNTERS = len(COUNTERS)
 
-HISTOGRAMS: tuple[str, ...] = ("fault_pages",)
+HISTOGRAMS: tuple[str, ...] = ("fault_pages", "fault_latency")
 FAULT_PAGES_BUCKETS = 17  # 0..16, the last holds 16 and more
+#: Bucket 0: latency below 128 ns; bucket b >= 1: [2^(b+6), 2^(b+7)) ns; bucket 31: 2^37 ns and more.
+FAULT_LATENCY_BUCKETS = 32
+HISTOGRAM_BUCKETS: dict[str, int] = {
+    "fault_pages": FAULT_PAGES_BUCKETS,
+    "fault_latency": FAULT_LATENCY_BUCKETS,
+}
 
 STRATEGIES: tuple[str, ...] = (
     "none",

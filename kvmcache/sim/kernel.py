@@ -131,20 +131,58 @@ Z_HSHIFT = 88  # 64 - log2(Z_HCAP)
 Z_SLOTS = 89  # table slot capacity; leaves of slot s are lf[512 s .. 512 s + 511]
 O_PBITS = 90  # presence bitmap of 4 KiB leaves: bit gfn of root r at word r * Z_PBITS + gfn/64
 Z_PBITS = 91  # words per root (a multiple of 8: whole 2 MiB regions); gfns beyond: lf only
-# Counters and the histogram:
+# Counters and the histograms:
 CB = 128
-HB = 256
-FIXED = 288  # first index of the variable regions
+HB = 256  # fault_pages, 17 buckets
+HB_LAT = 288  # fault_latency, 32 buckets
+FIXED = 320  # first index of the variable regions
 
 MAX_VCPUS = 65536
 HMUL = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64 (Fibonacci hashing)
 SLOT_MARGIN = 16  # table slots one event can create, at most (L - 1 links or a split)
 
-# Unsigned scalars in u.
+# Unsigned scalars in u (section 8 clock values are u64 and saturate at 2^64 - 1).
 U_LAST_TS = 0
-U_NS_LO = 1
+U_NS_LO = 1  # cache_idle_page_ns, low and high word
 U_NS_HI = 2
-N_U = 4
+U_T = 3  # the model clock
+U_PFREE = 4  # when pamt_lock is next free
+U_START = 5  # start of the current event
+U_LSTART = 6  # start of the current locked section
+U_WAIT_MAX = 7  # pamt_lock_wait_max_ns
+U_LOCKED_MAX = 8  # time_locked_max_ns
+U_LAT_MAX = 9  # fault_latency_max_ns
+U_NS_ALLOC = 10  # the ns_* costs, as u64
+U_NS_SLAB = 11
+U_NS_TOPUP = 12
+U_NS_FREE = 13
+U_NS_ADD = 14
+U_NS_REMOVE = 15
+U_NS_FAULT = 16
+U_NS_LINK = 17
+# Exact sums in two words (low, high): time_topup_ns, time_locked_ns, pamt_lock_wait_ns,
+# fault_latency_ns, vcpu_delay_ns. pamt_lock_held_ns is ns_pamt_add * pamt_add +
+# ns_pamt_remove * pamt_remove (MODEL.md 8.1), computed by the driver.
+U_TOPUP = 18
+U_LOCKED = 20
+U_WAIT = 22
+U_LAT = 24
+U_DELAY = 26
+N_U = 32  # then busy[v] per vCPU slot: u[N_U + v]
+#: u-backed counters and their (low word, or the only word) index.
+U_SUMS = {
+    "time_topup_ns": U_TOPUP,
+    "time_locked_ns": U_LOCKED,
+    "pamt_lock_wait_ns": U_WAIT,
+    "fault_latency_ns": U_LAT,
+    "vcpu_delay_ns": U_DELAY,
+    "cache_idle_page_ns": U_NS_LO,
+}
+U_MAXES = {
+    "pamt_lock_wait_max_ns": U_WAIT_MAX,
+    "time_locked_max_ns": U_LOCKED_MAX,
+    "fault_latency_max_ns": U_LAT_MAX,
+}
 
 # Kernel return statuses.
 ST_OK = 0
@@ -226,11 +264,16 @@ C_IDLE_END = _I["cache_pages_idle_end"]
 C_TS_BACKWARDS = _I["ts_backwards"]
 C_UNDERFLOW = _I["refcount_underflow"]
 C_LEAKED = _I["leaked_ranges"]
+C_CONTENDED = _I["pamt_lock_contended"]
 assert _I["desc_topups"] + 6 * 5 - 1 == _I["pamt_held_end"]
 #: numba caches compiled code per source file: if counters.py changes but this file does
 #: not, a stale cache would index old counter positions. finish() stores this value as
 #: compiled; the driver compares it with the value computed by Python now.
-LAYOUT = N_COUNTERS * 1000 + CB * 10 + FIXED % 10
+LAYOUT = N_COUNTERS * 1000 + CB * 10 + FIXED % 10 + N_U * 100000
+
+U64_MAX = np.uint64(0xFFFFFFFFFFFFFFFF)
+LAT_128 = np.uint64(128)
+SH7 = np.uint64(7)
 
 M32 = np.uint64(0xFFFFFFFF)
 SH32 = np.uint64(32)
@@ -274,6 +317,55 @@ def _add_page_ns(u, pages, gap):
 
 
 @njit(**JIT)
+def _add128(u, i, d):
+    """u[i+1]:u[i] += d (a u64), exactly."""
+    lo = u[i] + d
+    if lo < d:
+        u[i + 1] += U64_ONE
+    u[i] = lo
+
+
+@njit(**JIT)
+def _adv(u, cost):
+    """The model clock advances by ``cost`` (u64), saturating at 2^64 - 1 (8.1)."""
+    t = u[U_T] + cost
+    if t < cost:
+        t = U64_MAX
+    u[U_T] = t
+
+
+@njit(**JIT)
+def _pamt_lock(m, u, cost):
+    """One PAMT.ADD or PAMT.REMOVE under the global pamt_lock (8.2), granted in trace order."""
+    t = u[U_T]
+    free = u[U_PFREE]
+    if free > t:
+        wait = free - t
+        _add128(u, U_WAIT, wait)
+        m[C_CONTENDED] += 1
+        if wait > u[U_WAIT_MAX]:
+            u[U_WAIT_MAX] = wait
+        u[U_T] = free
+    _adv(u, cost)
+    u[U_PFREE] = u[U_T]
+
+
+@njit(**JIT)
+def _lock_begin(u):
+    """A fault's locked section starts (8.3): remember when, then its fixed ns_fault."""
+    u[U_LSTART] = u[U_T]
+    _adv(u, u[U_NS_FAULT])
+
+
+@njit(**JIT)
+def _lock_end(u):
+    d = u[U_T] - u[U_LSTART]
+    _add128(u, U_LOCKED, d)
+    if d > u[U_LOCKED_MAX]:
+        u[U_LOCKED_MAX] = d
+
+
+@njit(**JIT)
 def _vcnt(m, v, k):
     """Index in m of the object count of cache k of vCPU v."""
     return m[O_VCNT] + 5 * v + k
@@ -284,7 +376,7 @@ def _vcnt(m, v, k):
 
 
 @njit(**JIT)
-def _alloc_page(m):
+def _alloc_page(m, u):
     top = m[G_FREE_TOP]
     if top > 0:
         top -= 1
@@ -300,6 +392,7 @@ def _alloc_page(m):
                 m[G_ERR_ARG] = pfn
             pfn = m[P_KBASE]  # keep going with a harmless page; the replay stops after this event
         m[G_K] = k + 1
+    _adv(u, u[U_NS_ALLOC])
     m[C_PAGES_ALLOCATED] += 1
     live = m[G_LIVE] + 1
     m[G_LIVE] = live
@@ -309,7 +402,8 @@ def _alloc_page(m):
 
 
 @njit(**JIT)
-def _free_page(m, pfn):
+def _free_page(m, u, pfn):
+    _adv(u, u[U_NS_FREE])
     top = m[G_FREE_TOP]
     m[m[O_FSTACK] + top] = pfn
     m[G_FREE_TOP] = top + 1
@@ -339,13 +433,14 @@ def _cache_only_after(m, r, was):
 
 
 @njit(**JIT)
-def _install(m, r, first, second):
+def _install(m, u, r, first, second):
     """PAMT.ADD of a pair for range r (the caller sets the refcount)."""
     pr = m[O_PAIR] + 2 * r
     m[pr] = first
     m[pr + 1] = second
     m[C_ADD] += 1
     m[C_LOCK] += 1
+    _pamt_lock(m, u, u[U_NS_ADD])
     m[G_PAIRS] += 1
     _peak(m, C_PAIRS_PEAK, m[G_PAIRS])
     if m[G_IN_LOCK] != 0:
@@ -365,7 +460,7 @@ def _pop_pamt(m, v):
 
 
 @njit(**JIT)
-def _get(m, pfn, use_cache, v):
+def _get(m, u, pfn, use_cache, v):
     """get(pfn, cache): False when the vCPU cache could not supply a pair (retry)."""
     m[C_GET] += 1
     r = pfn >> 9
@@ -383,26 +478,26 @@ def _get(m, pfn, use_cache, v):
     if use_cache:
         if m[_vcnt(m, v, K_PAMT)] < 2:
             while m[_vcnt(m, v, K_PAMT)] > 0:
-                _free_page(m, _pop_pamt(m, v))
+                _free_page(m, u, _pop_pamt(m, v))
             m[C_RETRIES] += 1
             return False
         first = _pop_pamt(m, v)
         second = _pop_pamt(m, v)
     else:
-        first = _alloc_page(m)
-        second = _alloc_page(m)
+        first = _alloc_page(m, u)
+        second = _alloc_page(m, u)
         m[C_ALLOC_DIRECT] += 2
         if m[G_IN_LOCK] != 0:
             m[G_FPAGES] += 2
     m[ri] = 1
-    _install(m, r, first, second)
+    _install(m, u, r, first, second)
     if alloc:
         _cache_only_after(m, r, was)
     return True
 
 
 @njit(**JIT)
-def _put_range(m, r):
+def _put_range(m, u, r):
     m[C_PUT] += 1
     ri = m[O_REFC] + r
     if m[ri] == 0:
@@ -419,10 +514,11 @@ def _put_range(m, r):
         m[ri] = 0
         m[C_REMOVE] += 1
         m[C_LOCK] += 1
+        _pamt_lock(m, u, u[U_NS_REMOVE])  # the pair is freed after the release
         m[G_PAIRS] -= 1
         pr = m[O_PAIR] + 2 * r
-        _free_page(m, m[pr])
-        _free_page(m, m[pr + 1])
+        _free_page(m, u, m[pr])
+        _free_page(m, u, m[pr + 1])
     if alloc:
         _cache_only_after(m, r, was)
 
@@ -449,14 +545,16 @@ def _held_push(m, k, pages):
 
 
 @njit(**JIT)
-def _topup_slab(m, v, k, minimum):
+def _topup_slab(m, u, v, k, minimum):
     ci = _vcnt(m, v, k)
     n = m[ci]
     if n < minimum:
         cap = m[P_CAPACITY]
         base = C_CACHE0 + 6 * k
         m[base + CF_TOPUPS] += 1
+        _adv(u, u[U_NS_TOPUP])
         while n < cap:
+            _adv(u, u[U_NS_SLAB])
             n += 1
             m[ci] = n
             m[base + CF_ALLOCATED] += 1
@@ -464,13 +562,13 @@ def _topup_slab(m, v, k, minimum):
 
 
 @njit(**JIT)
-def _fill_caches(m, v):
+def _fill_caches(m, u, v):
     """Top up every cache of vCPU v, in MODEL.md 5.1 order (see _topup)."""
     strat = m[P_STRAT]
     tdx = m[P_TDX] != 0
     cap = m[P_CAPACITY]
     # 1. desc
-    _topup_slab(m, v, K_DESC, m[P_MIN_DESC])
+    _topup_slab(m, u, v, K_DESC, m[P_MIN_DESC])
     # 2. sept (TDX only, not dpamt-prealloc)
     if tdx and strat != S_PREALLOC:
         ci = _vcnt(m, v, K_SEPT)
@@ -478,17 +576,18 @@ def _fill_caches(m, v):
         if n < m[P_MIN_SEPT]:
             base = C_CACHE0 + 6 * K_SEPT
             m[base + CF_TOPUPS] += 1
+            _adv(u, u[U_NS_TOPUP])
             row = m[O_SEPT] + v * m[Z_SEPT]
             while n < cap:
-                p = _alloc_page(m)
+                p = _alloc_page(m, u)
                 pages = 1
                 if strat == S_ALLOC:
-                    _get(m, p, False, v)
+                    _get(m, u, p, False, v)
                     _cached_add(m, p >> 9, 1)
                     m[row + 3 * n] = p
                 elif strat == S_PAIR:
-                    q0 = _alloc_page(m)
-                    q1 = _alloc_page(m)
+                    q0 = _alloc_page(m, u)
+                    q1 = _alloc_page(m, u)
                     m[row + 3 * n] = p
                     m[row + 3 * n + 1] = q0
                     m[row + 3 * n + 2] = q1
@@ -507,9 +606,10 @@ def _fill_caches(m, v):
         if n < target:
             base = C_CACHE0 + 6 * K_PAMT
             m[base + CF_TOPUPS] += 1
+            _adv(u, u[U_NS_TOPUP])
             row = m[O_PAMT] + v * m[Z_PAMT]
             while n < target:
-                m[row + n] = _alloc_page(m)
+                m[row + n] = _alloc_page(m, u)
                 n += 1
                 m[ci] = n
                 m[base + CF_ALLOCATED] += 1
@@ -520,20 +620,21 @@ def _fill_caches(m, v):
     if n < m[P_MIN_SPT]:
         base = C_CACHE0 + 6 * K_SPT
         m[base + CF_TOPUPS] += 1
+        _adv(u, u[U_NS_TOPUP])
         row = m[O_SPT] + v * m[Z_SPT]
         while n < cap:
-            m[row + n] = _alloc_page(m)
+            m[row + n] = _alloc_page(m, u)
             n += 1
             m[ci] = n
             m[base + CF_ALLOCATED] += 1
             _held_push(m, K_SPT, 1)
     # 5. header
-    _topup_slab(m, v, K_HEADER, m[P_MIN_HEADER])
+    _topup_slab(m, u, v, K_HEADER, m[P_MIN_HEADER])
 
 
 @njit(**JIT)
 def _needs_topup(m, v):
-    """Whether _fill_caches(m, v) would add anything to any cache."""
+    """Whether _fill_caches(m, u, v) would add anything to any cache."""
     c = m[O_VCNT] + 5 * v
     if m[c + K_DESC] < m[P_MIN_DESC] or m[c + K_SPT] < m[P_MIN_SPT]:
         return True
@@ -543,15 +644,17 @@ def _needs_topup(m, v):
 
 
 @njit(**JIT)
-def _topup(m, v):
+def _topup(m, u, v):
     """Top-up (5.1) of vCPU v. Most calls find every cache at or above its minimum: that
     check is small enough to inline, and the filling is called only when it is needed."""
     if _needs_topup(m, v):
-        _fill_caches(m, v)
+        t0 = u[U_T]
+        _fill_caches(m, u, v)
+        _add128(u, U_TOPUP, u[U_T] - t0)
 
 
 @njit(**JIT)
-def _consume_header(m, v):
+def _consume_header(m, u, v):
     ci = _vcnt(m, v, K_HEADER)
     n = m[ci]
     if n > 0:
@@ -560,10 +663,11 @@ def _consume_header(m, v):
         m[C_CACHE0 + 6 * K_HEADER + CF_CONSUMED] += 1
     else:
         m[C_UNDER_LOCK] += 1
+        _adv(u, u[U_NS_SLAB])  # a header object allocated on the spot
 
 
 @njit(**JIT)
-def _consume_spt(m, v):
+def _consume_spt(m, u, v):
     ci = _vcnt(m, v, K_SPT)
     n = m[ci]
     m[G_FPAGES] += 1
@@ -575,7 +679,7 @@ def _consume_spt(m, v):
         m[C_CACHE0 + 6 * K_SPT + CF_CONSUMED] += 1
         return m[m[O_SPT] + v * m[Z_SPT] + n]
     m[C_UNDER_LOCK] += 1
-    return _alloc_page(m)
+    return _alloc_page(m, u)
 
 
 # ---------------------------------------------------------------------------------------
@@ -657,29 +761,31 @@ def rehash(m: np.ndarray) -> None:
 
 
 @njit(**JIT)
-def _retry(m, v):
+def _retry(m, u, v):
     """A failed get inside a fault: drop the lock, top up every cache, retake the lock."""
     m[G_IN_LOCK] = 0
-    _topup(m, v)
+    _lock_end(u)
+    _topup(m, u, v)
+    _lock_begin(u)
     m[G_IN_LOCK] = 1
 
 
 @njit(**JIT)
-def _link(m, v, root, k, idx):
+def _link(m, u, v, root, k, idx):
     """Link table (root, k, idx) below its parent inside a fault (5.4 step 5)."""
     strat = m[P_STRAT]
-    _consume_header(m, v)
-    spt_p = _consume_spt(m, v)
+    _consume_header(m, u, v)
+    spt_p = _consume_spt(m, u, v)
     if root == MIRROR:
         if strat == S_PREALLOC:
             if m[_vcnt(m, v, K_PAMT)] > 0:
                 sept_p = _pop_pamt(m, v)
             else:
                 m[C_UNDER_LOCK] += 1
-                sept_p = _alloc_page(m)
+                sept_p = _alloc_page(m, u)
                 m[G_FPAGES] += 1
-            while not _get(m, sept_p, True, v):
-                _retry(m, v)
+            while not _get(m, u, sept_p, True, v):
+                _retry(m, u, v)
         else:
             ci = _vcnt(m, v, K_SEPT)
             n = m[ci]
@@ -705,17 +811,17 @@ def _link(m, v, root, k, idx):
                     _cached_add(m, sept_p >> 9, -1)
             else:
                 m[C_UNDER_LOCK] += 1
-                sept_p = _alloc_page(m)
+                sept_p = _alloc_page(m, u)
                 m[G_FPAGES] += 1
                 if pair_obj:
-                    q0 = _alloc_page(m)
-                    q1 = _alloc_page(m)
+                    q0 = _alloc_page(m, u)
+                    q1 = _alloc_page(m, u)
                     m[G_FPAGES] += 2
                 elif strat == S_ALLOC:
-                    _get(m, sept_p, False, v)
+                    _get(m, u, sept_p, False, v)
             if strat == S_INSTALL:
-                while not _get(m, sept_p, True, v):
-                    _retry(m, v)
+                while not _get(m, u, sept_p, True, v):
+                    _retry(m, u, v)
             elif pair_obj:
                 m[C_GET] += 1
                 r = sept_p >> 9
@@ -724,11 +830,11 @@ def _link(m, v, root, k, idx):
                     m[ri] += 1
                     m[C_GET_FAST] += 1
                     m[C_DISCARDED] += 1
-                    _free_page(m, q0)
-                    _free_page(m, q1)
+                    _free_page(m, u, q0)
+                    _free_page(m, u, q1)
                 else:
                     m[ri] = 1
-                    _install(m, r, q0, q1)
+                    _install(m, u, r, q0, q1)
         slot = _tslot(m, root, k, idx)
         m[m[O_SSEPT] + slot] = sept_p + 1
         m[C_LINKED_MIRROR] += 1
@@ -736,20 +842,21 @@ def _link(m, v, root, k, idx):
         slot = _tslot(m, root, k, idx)
         m[C_LINKED_DIRECT] += 1
     m[m[O_SSPT] + slot] = spt_p + 1
+    _adv(u, u[U_NS_LINK])  # 8.3: at the end of the link
 
 
 @njit(**JIT)
-def _free_table(m, slot, root):
+def _free_table(m, u, slot, root):
     """Free one table (collapse or teardown): put and free its S-EPT page, free its spt."""
     if root == MIRROR:
         si = m[O_SSEPT] + slot
         sept_p = m[si] - 1
         if m[P_DPAMT] != 0:
-            _put_range(m, sept_p >> 9)
-        _free_page(m, sept_p)
+            _put_range(m, u, sept_p >> 9)
+        _free_page(m, u, sept_p)
         m[si] = 0
     ti = m[O_SSPT] + slot
-    _free_page(m, m[ti] - 1)
+    _free_page(m, u, m[ti] - 1)
     m[ti] = 0
     m[C_TABLES_FREED] += 1
 
@@ -800,7 +907,7 @@ def _clear_block(m, lf, slot):
 
 
 @njit(**JIT)
-def _zap_direct(m, lf, g, gfn):
+def _zap_direct(m, lf, u, g, gfn):
     """Zap the direct subtree under the level-g entry for gfn (5.9): g is 2 or 3.
 
     Leaves are cleared, then tables freed deepest level first, ascending index.
@@ -808,7 +915,7 @@ def _zap_direct(m, lf, g, gfn):
     if g == 2:
         s1 = _tfind(m, DIRECT, 1, gfn >> 9)
         _clear_block(m, lf, s1)
-        _free_table(m, s1, DIRECT)
+        _free_table(m, u, s1, DIRECT)
     else:
         t2 = gfn >> 18
         s2 = _tfind(m, DIRECT, 2, t2)
@@ -820,8 +927,8 @@ def _zap_direct(m, lf, g, gfn):
         for t1 in range(t2 * 512, t2 * 512 + 512):
             s1 = _tfind(m, DIRECT, 1, t1)
             if _slot_present(m, s1):
-                _free_table(m, s1, DIRECT)
-        _free_table(m, s2, DIRECT)
+                _free_table(m, u, s1, DIRECT)
+        _free_table(m, u, s2, DIRECT)
 
 
 # ---------------------------------------------------------------------------------------
@@ -829,48 +936,48 @@ def _zap_direct(m, lf, g, gfn):
 
 
 @njit(**JIT)
-def _vm_create(m):
+def _vm_create(m, u):
     m[G_VM] = 1
     if m[P_TDX] != 0:
         base = m[O_TDCTRL]
         for i in range(m[P_TDR] + m[P_TDCS]):
-            p = _alloc_page(m)
+            p = _alloc_page(m, u)
             m[C_ALLOC_DIRECT] += 1
             m[base + i] = p
             if m[P_DPAMT] != 0:
-                _get(m, p, False, 0)
+                _get(m, u, p, False, 0)
 
 
 @njit(**JIT)
-def _take_root(m, v):
-    _consume_header(m, v)
-    return _consume_spt(m, v)
+def _take_root(m, u, v):
+    _consume_header(m, u, v)
+    return _consume_spt(m, u, v)
 
 
 @njit(**JIT)
-def _vcpu_create(m, v):
+def _vcpu_create(m, u, v):
     if m[G_VM] == 0:
-        _vm_create(m)
+        _vm_create(m, u)
     if m[P_TDX] != 0:
         row = m[O_VCTRL] + v * m[Z_VCTRL]
         for i in range(m[P_TDVPR] + m[P_TDCX]):
-            p = _alloc_page(m)
+            p = _alloc_page(m, u)
             m[C_ALLOC_DIRECT] += 1
             m[row + i] = p
             if m[P_DPAMT] != 0:
-                _get(m, p, False, v)
+                _get(m, u, p, False, v)
     m[m[O_VLIVE] + v] = 1
-    _topup(m, v)
+    _topup(m, u, v)
     if m[G_ROOTS] == 0:
         if m[P_TDX] != 0:
-            m[G_ROOT_SPT_M] = _take_root(m, v)
-        m[G_ROOT_SPT_D] = _take_root(m, v)
+            m[G_ROOT_SPT_M] = _take_root(m, u, v)
+        m[G_ROOT_SPT_D] = _take_root(m, u, v)
         m[G_ROOTS] = 1
     m[C_VCPUS_CREATED] += 1
 
 
 @njit(**JIT)
-def _free_page_stack(m, v, k, row):
+def _free_page_stack(m, u, v, k, row):
     """Free every page of vCPU v's page cache k (its stack starts at m[row]), newest first."""
     ci = _vcnt(m, v, k)
     n = m[ci]
@@ -880,11 +987,11 @@ def _free_page_stack(m, v, k, row):
         m[G_HELD + k] -= 1
         m[G_IDLE] -= 1
         m[C_CACHE0 + 6 * k + CF_FREED] += 1
-        _free_page(m, m[row + n])
+        _free_page(m, u, m[row + n])
 
 
 @njit(**JIT)
-def _vcpu_destroy(m, v):
+def _vcpu_destroy(m, u, v):
     strat = m[P_STRAT]
     # slab caches: counts only
     for k in (K_DESC, K_HEADER):
@@ -893,7 +1000,7 @@ def _vcpu_destroy(m, v):
         m[C_CACHE0 + 6 * k + CF_FREED] += n
         m[G_HELD + k] -= n
         m[ci] = 0
-    _free_page_stack(m, v, K_SPT, m[O_SPT] + v * m[Z_SPT])
+    _free_page_stack(m, u, v, K_SPT, m[O_SPT] + v * m[Z_SPT])
     # sept, newest first
     ci = _vcnt(m, v, K_SEPT)
     row = m[O_SEPT] + v * m[Z_SEPT]
@@ -906,31 +1013,62 @@ def _vcpu_destroy(m, v):
         p = m[row + 3 * n]
         if strat == S_PAIR:
             m[G_IDLE] -= 3
-            _free_page(m, p)
-            _free_page(m, m[row + 3 * n + 1])
-            _free_page(m, m[row + 3 * n + 2])
+            _free_page(m, u, p)
+            _free_page(m, u, m[row + 3 * n + 1])
+            _free_page(m, u, m[row + 3 * n + 2])
         else:
             m[G_IDLE] -= 1
             if strat == S_ALLOC:
                 _cached_add(m, p >> 9, -1)
-                _put_range(m, p >> 9)
-            _free_page(m, p)
+                _put_range(m, u, p >> 9)
+            _free_page(m, u, p)
     # pamt (or the shared list)
-    _free_page_stack(m, v, K_PAMT, m[O_PAMT] + v * m[Z_PAMT])
+    _free_page_stack(m, u, v, K_PAMT, m[O_PAMT] + v * m[Z_PAMT])
     # control pages, in allocation order
     if m[P_TDX] != 0:
         row = m[O_VCTRL] + v * m[Z_VCTRL]
         for i in range(m[P_TDVPR] + m[P_TDCX]):
             p = m[row + i]
             if m[P_DPAMT] != 0:
-                _put_range(m, p >> 9)
-            _free_page(m, p)
+                _put_range(m, u, p >> 9)
+            _free_page(m, u, p)
     m[m[O_VLIVE] + v] = 0
     m[C_VCPUS_DESTROYED] += 1
 
 
 @njit(**JIT)
-def _vm_destroy(m, lf):
+def _sift(m, hb, root, end):
+    """Heap sort step over slots m[hb .. hb + end), ordered by their table key."""
+    sk = m[O_SKEY]
+    while True:
+        child = 2 * root + 1
+        if child >= end:
+            return
+        if child + 1 < end and m[sk + m[hb + child]] < m[sk + m[hb + child + 1]]:
+            child += 1
+        if m[sk + m[hb + root]] >= m[sk + m[hb + child]]:
+            return
+        a = m[hb + root]
+        m[hb + root] = m[hb + child]
+        m[hb + child] = a
+        root = child
+
+
+@njit(**JIT)
+def _sort_slots(m, hb, n):
+    """Sort the n slots at m[hb ..] by table key in place (no allocation). Within one
+    level the key orders by index, then mirror (0) before direct (1)."""
+    for start in range(n // 2 - 1, -1, -1):
+        _sift(m, hb, start, n)
+    for end in range(n - 1, 0, -1):
+        a = m[hb]
+        m[hb] = m[hb + end]
+        m[hb + end] = a
+        _sift(m, hb, 0, end)
+
+
+@njit(**JIT)
+def _vm_destroy(m, lf, u):
     if m[G_VM] != 1:
         m[G_VM] = 2
         return
@@ -939,7 +1077,7 @@ def _vm_destroy(m, lf):
     for v in range(MAX_VCPUS):
         vs = m[vmap + v] - 1
         if vs >= 0 and m[m[O_VLIVE] + vs] != 0:
-            _vcpu_destroy(m, vs)
+            _vcpu_destroy(m, u, vs)
     L = m[P_ROOT_LEVEL]
     dpamt = m[P_DPAMT] != 0
     nslots = m[G_NSLOTS]
@@ -958,22 +1096,32 @@ def _vm_destroy(m, lf):
                     if r1 != 0:
                         lf[base + j] = 0
                         if put:
-                            _put_range(m, np.int64(r1) - 1)
+                            _put_range(m, u, np.int64(r1) - 1)
                 if k == 1:
                     _pbits_table(m, root, key >> 4, 0)
-    # Free every table, deepest level first (within a level in slot order: after the
-    # vCPUs are gone no counter depends on the order of these frees and puts).
+    # Free every table, deepest level first, ascending index, mirror before direct on a
+    # tie (section 7). The order is visible on the model clock (section 8): it decides how
+    # many frees precede the first PAMT.REMOVE, and so its pamt_lock wait. The table hash
+    # is no longer needed (no event follows a VM destroy): its words sort the slots.
+    sk = m[O_SKEY]
+    hb = m[O_HKEY]
     for k in range(1, L):
+        n = 0
         for slot in range(nslots):
-            if _slot_present(m, slot):
-                key = m[m[O_SKEY] + slot] - 1
-                if (key >> 1) & 7 == k:
-                    _free_table(m, slot, key & 1)
+            if _slot_present(m, slot) and ((m[sk + slot] - 1) >> 1) & 7 == k:
+                m[hb + n] = slot
+                n += 1
+        _sort_slots(m, hb, n)
+        for j in range(n):
+            slot = m[hb + j]
+            _free_table(m, u, slot, (m[sk + slot] - 1) & 1)
+    for h in range(2 * m[Z_HCAP]):
+        m[hb + h] = 0
     if m[G_ROOTS] != 0:
         if m[P_TDX] != 0:
-            _free_page(m, m[G_ROOT_SPT_M])
+            _free_page(m, u, m[G_ROOT_SPT_M])
             m[C_TABLES_FREED] += 1
-        _free_page(m, m[G_ROOT_SPT_D])
+        _free_page(m, u, m[G_ROOT_SPT_D])
         m[C_TABLES_FREED] += 1
         m[G_ROOTS] = 0
     if m[P_TDX] != 0:
@@ -981,8 +1129,8 @@ def _vm_destroy(m, lf):
         for i in range(m[P_TDR] + m[P_TDCS]):
             p = m[base + i]
             if dpamt:
-                _put_range(m, p >> 9)
-            _free_page(m, p)
+                _put_range(m, u, p >> 9)
+            _free_page(m, u, p)
     leaked = 0
     base = m[O_REFC]
     for r in range(m[Z_NRANGES]):
@@ -997,7 +1145,7 @@ def _vm_destroy(m, lf):
 
 
 @njit(**JIT)
-def _fault(m, lf, v, gfn, pfn, g, private):
+def _fault(m, lf, u, v, gfn, pfn, g, private):
     """A guest fault on vCPU slot v (5.4)."""
     m[C_FAULTS] += 1
     if private:
@@ -1005,8 +1153,8 @@ def _fault(m, lf, v, gfn, pfn, g, private):
     else:
         m[C_FAULTS_SHARED] += 1
     if m[m[O_VLIVE] + v] == 0:
-        _vcpu_create(m, v)
-    _topup(m, v)
+        _vcpu_create(m, u, v)
+    _topup(m, u, v)
     root = MIRROR if private else DIRECT
     pw = _pbit_word(m, root, gfn)
     if pw >= 0 and (m[pw] >> (gfn & 63)) & 1 != 0:
@@ -1019,6 +1167,7 @@ def _fault(m, lf, v, gfn, pfn, g, private):
             return
     m[G_IN_LOCK] = 1
     m[G_FPAGES] = 0
+    _lock_begin(u)
     if g > 1:
         if root == MIRROR:
             adjusted = False
@@ -1028,33 +1177,47 @@ def _fault(m, lf, v, gfn, pfn, g, private):
             if adjusted:
                 m[C_LEVEL_ADJ] += 1
         elif _table_present(m, DIRECT, g - 1, gfn >> (9 * (g - 1))):
-            _zap_direct(m, lf, g, gfn)
+            _zap_direct(m, lf, u, g, gfn)
             m[C_COLLAPSES] += 1
     for k in range(m[P_ROOT_LEVEL] - 1, g - 1, -1):
         idx = gfn >> (9 * k)
         if not _table_present(m, root, k, idx):
-            _link(m, v, root, k, idx)
+            _link(m, u, v, root, k, idx)
     li = _leaf(m, root, g, gfn)
     lf[li] = (pfn >> 9) + 1
     if g == 1:
         _pbit_set(m, root, gfn, True)
         m[C_LEAVES_4K] += 1
         if root == MIRROR and m[P_DPAMT] != 0:
-            while not _get(m, pfn, True, v):
-                _retry(m, v)
+            while not _get(m, u, pfn, True, v):
+                _retry(m, u, v)
     elif g == 2:
         m[C_LEAVES_2M] += 1
     else:
         m[C_LEAVES_1G] += 1
     m[G_IN_LOCK] = 0
+    _lock_end(u)
     fp = m[G_FPAGES]
     if fp > 16:
         fp = 16
     m[HB + fp] += 1
+    # 8.3: latency from the event's start to the fault's end, and its log2 bucket.
+    d = u[U_T] - u[U_START]
+    _add128(u, U_LAT, d)
+    if d > u[U_LAT_MAX]:
+        u[U_LAT_MAX] = d
+    b = 0
+    if d >= LAT_128:
+        b = 1
+        x = d >> SH7
+        while x > U64_ONE and b < 31:
+            x >>= U64_ONE
+            b += 1
+    m[HB_LAT + b] += 1
 
 
 @njit(**JIT)
-def _unmap(m, lf, gfn, level, private):
+def _unmap(m, lf, u, gfn, level, private):
     m[C_UNMAPS] += 1
     root = MIRROR if private else DIRECT
     li = _leaf(m, root, level, gfn)
@@ -1066,11 +1229,11 @@ def _unmap(m, lf, gfn, level, private):
     if level == 1:
         _pbit_set(m, root, gfn, False)
     if level == 1 and root == MIRROR and m[P_DPAMT] != 0:
-        _put_range(m, np.int64(r1) - 1)
+        _put_range(m, u, np.int64(r1) - 1)
 
 
 @njit(**JIT)
-def _split(m, lf, gfn, private):
+def _split(m, lf, u, gfn, private):
     root = MIRROR if private else DIRECT
     li2 = _leaf(m, root, 2, gfn)
     if li2 < 0 or lf[li2] == 0:
@@ -1078,26 +1241,27 @@ def _split(m, lf, gfn, private):
         return
     r2 = lf[li2]
     id2 = gfn >> 9
-    spt_p = _alloc_page(m)
+    _adv(u, u[U_NS_SLAB])  # the new table's header object
+    spt_p = _alloc_page(m, u)
     m[C_ALLOC_DIRECT] += 1
     slot = _tslot(m, root, 1, id2)
     if root == MIRROR:
-        sept_p = _alloc_page(m)
+        sept_p = _alloc_page(m, u)
         m[C_ALLOC_DIRECT] += 1
         m[m[O_SSEPT] + slot] = sept_p + 1
         r = np.int64(r2) - 1
         if m[P_DPAMT] != 0:
-            _get(m, sept_p, False, 0)
+            _get(m, u, sept_p, False, 0)
             alloc = m[P_STRAT] == S_ALLOC
             was = False
             if alloc:
                 was = _cache_only(m, r)
             ri = m[O_REFC] + r
             if m[ri] == 0:
-                first = _alloc_page(m)
-                second = _alloc_page(m)
+                first = _alloc_page(m, u)
+                second = _alloc_page(m, u)
                 m[C_ALLOC_DIRECT] += 2
-                _install(m, r, first, second)
+                _install(m, u, r, first, second)
             m[ri] += 512
             if alloc:
                 _cache_only_after(m, r, was)
@@ -1196,22 +1360,33 @@ def run_chunk(
                 _add_page_ns(u, m[G_IDLE], t - last)
         u[U_LAST_TS] = t
         m[C_EVENTS] += 1
+        # 8.1: the event starts at its ts, or when its vCPU is next free.
+        start = t
+        if uses_vcpu and m[m[O_VLIVE] + v] != 0:
+            busy = u[N_U + v]
+            if busy > t:
+                start = busy
+                _add128(u, U_DELAY, busy - t)
+        u[U_T] = start
+        u[U_START] = start
         if o == OP_FAULT:
-            _fault(m, lf, v, np.int64(gfn[i]), np.int64(pfn[i]), np.int64(level[i]), private)
+            _fault(m, lf, u, v, np.int64(gfn[i]), np.int64(pfn[i]), np.int64(level[i]), private)
+            u[N_U + v] = u[U_T]
         elif o == OP_UNMAP:
-            _unmap(m, lf, np.int64(gfn[i]), np.int64(level[i]), private)
+            _unmap(m, lf, u, np.int64(gfn[i]), np.int64(level[i]), private)
         elif o == OP_SPLIT:
-            _split(m, lf, np.int64(gfn[i]), private)
+            _split(m, lf, u, np.int64(gfn[i]), private)
         elif o == OP_VCPU_CREATE:
-            _vcpu_create(m, v)
+            _vcpu_create(m, u, v)
+            u[N_U + v] = u[U_T]
         elif o == OP_VCPU_DESTROY:
             if m[m[O_VLIVE] + v] == 0:
-                _vcpu_create(m, v)
-            _vcpu_destroy(m, v)
+                _vcpu_create(m, u, v)
+            _vcpu_destroy(m, u, v)
         elif o == OP_VM_CREATE:
-            _vm_create(m)
+            _vm_create(m, u)
         else:
-            _vm_destroy(m, lf)
+            _vm_destroy(m, lf, u)
         if m[G_ERR] != E_NONE:
             return ST_ERROR, i
         if every > 0 and m[C_EVENTS] % every == 0:
@@ -1246,7 +1421,7 @@ def final_sample(m: np.ndarray, u: np.ndarray) -> bool:
 
 
 @njit(**JIT)
-def finish(m: np.ndarray, lf: np.ndarray, teardown: bool) -> int:
+def finish(m: np.ndarray, lf: np.ndarray, u: np.ndarray, teardown: bool) -> int:
     """End of trace: snapshot the ``*_end`` counters, then tear the VM down if asked."""
     for k in range(5):
         m[C_CACHE0 + 6 * k + CF_END] = m[G_HELD + k]
@@ -1254,5 +1429,6 @@ def finish(m: np.ndarray, lf: np.ndarray, teardown: bool) -> int:
     m[C_IDLE_END] = m[G_IDLE]
     m[G_LAYOUT] = LAYOUT
     if teardown and m[G_VM] == 1:
-        _vm_destroy(m, lf)
+        u[U_T] = u[U_LAST_TS]  # 8.1: the teardown starts at the last event's ts
+        _vm_destroy(m, lf, u)
     return m[G_ERR]

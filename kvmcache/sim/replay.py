@@ -17,7 +17,12 @@ import numpy as np
 
 from kvmcache import params as params_mod
 from kvmcache.errors import EXIT_INTERNAL, KvmcacheError
-from kvmcache.sim.counters import COUNTERS, DEFAULT_STRATEGY
+from kvmcache.sim.counters import (
+    COUNTERS,
+    DEFAULT_STRATEGY,
+    FAULT_LATENCY_BUCKETS,
+    FAULT_PAGES_BUCKETS,
+)
 from kvmcache.trace import TraceSource
 from kvmcache.trace.events import TraceHeader
 
@@ -47,6 +52,21 @@ class ReplayResult:
     @property
     def balanced(self) -> bool:
         return self.counters["refcount_underflow"] == 0 and self.counters["leaked_ranges"] == 0
+
+
+def pamt_bytes_peak(
+    header: TraceHeader, params: Mapping[str, int | bool], effective: str, counters: dict
+) -> int:
+    """MODEL.md section 9: PAMT_4K bytes at the peak, static for none, dynamic otherwise."""
+    if not header.is_tdx:
+        return 0
+    from kvmcache.sim.state import kernel_base
+
+    end = max(header.host_pfn_limit, kernel_base(header, params) + int(params["kernel_pages"]))
+    host_ranges = -(-end // 512)
+    if effective == "none":
+        return 8192 * host_ranges
+    return 8192 * counters["pamt_pairs_peak"] + 4 * host_ranges
 
 
 def resolve_params(
@@ -151,7 +171,7 @@ class _Run:
             self._flush_samples()
             K.final_sample(self.s.m, self.s.u)
             self._flush_samples()
-        err = K.finish(self.s.m, self.s.lf, bool(self.params["teardown"]))
+        err = K.finish(self.s.m, self.s.lf, self.s.u, bool(self.params["teardown"]))
         if self.s.m[K.G_LAYOUT] != K.LAYOUT:
             raise KvmcacheError(
                 "the numba cache of kvmcache/sim/kernel.py is stale; "
@@ -167,7 +187,16 @@ class _Run:
         C = self.s.m[K.CB : K.CB + len(COUNTERS)]
         counters = {name: int(C[i]) for i, name in enumerate(COUNTERS)}
         U = self.s.u
-        counters["cache_idle_page_ns"] = (int(U[K.U_NS_HI]) << 64) | int(U[K.U_NS_LO])
+        for name, i in K.U_SUMS.items():
+            counters[name] = (int(U[i + 1]) << 64) | int(U[i])
+        for name, i in K.U_MAXES.items():
+            counters[name] = int(U[i])
+        p = self.params
+        counters["pamt_lock_held_ns"] = (
+            int(p["ns_pamt_add"]) * counters["pamt_add"]
+            + int(p["ns_pamt_remove"]) * counters["pamt_remove"]
+        )
+        counters["pamt_bytes_peak"] = pamt_bytes_peak(self.header, p, self.effective, counters)
         timeline = np.concatenate(self.samples) if self.samples else None
         notes = []
         if self.effective != self.alloc:
@@ -178,7 +207,12 @@ class _Run:
             params=dict(self.params),
             header=self.header,
             counters=counters,
-            histograms={"fault_pages": [int(x) for x in self.s.m[K.HB : K.HB + 17]]},
+            histograms={
+                "fault_pages": [int(x) for x in self.s.m[K.HB : K.HB + FAULT_PAGES_BUCKETS]],
+                "fault_latency": [
+                    int(x) for x in self.s.m[K.HB_LAT : K.HB_LAT + FAULT_LATENCY_BUCKETS]
+                ],
+            },
             elapsed=self.elapsed,
             timeline=timeline,
             notes=notes,

@@ -29,6 +29,17 @@ INITIAL_VCPUS = 8
 PBITS_MAX_GFNS = 1 << 25
 INITIAL_FSTACK = 1 << 16
 INITIAL_SLOTS = 1024
+#: Section 8 costs, kept as u64 in u.
+NS_SLOTS = (
+    (K.U_NS_ALLOC, "ns_alloc"),
+    (K.U_NS_SLAB, "ns_slab"),
+    (K.U_NS_TOPUP, "ns_topup"),
+    (K.U_NS_FREE, "ns_free"),
+    (K.U_NS_ADD, "ns_pamt_add"),
+    (K.U_NS_REMOVE, "ns_pamt_remove"),
+    (K.U_NS_FAULT, "ns_fault"),
+    (K.U_NS_LINK, "ns_link"),
+)
 
 #: Variable regions of m, in layout order, with their offset slot; per-vCPU regions
 #: are rows of a per-vCPU stride.
@@ -213,7 +224,9 @@ def build(
     _size_tables(fixed, INITIAL_SLOTS)
     m = _layout(fixed)
     lf = np.zeros(512 * INITIAL_SLOTS, dtype=np.uint32)
-    u = np.zeros(K.N_U, dtype=np.uint64)
+    u = np.zeros(K.N_U + INITIAL_VCPUS, dtype=np.uint64)
+    for slot, name in NS_SLOTS:
+        u[slot] = int(params[name])
     return State(m, lf, u)
 
 
@@ -246,7 +259,9 @@ def grow_vcpus(s: State, need: int) -> State:
         nv *= 2
     fixed = s.m[: K.FIXED].copy()
     fixed[K.P_NVCPU] = min(nv, 65536)
-    return State(_layout(fixed, s.m), s.lf, s.u)
+    u = np.zeros(K.N_U + int(fixed[K.P_NVCPU]), dtype=np.uint64)
+    u[: len(s.u)] = s.u  # busy[v] per vCPU slot follows the fixed words
+    return State(_layout(fixed, s.m), s.lf, u)
 
 
 def grow_fstack(s: State) -> State:
