@@ -27,7 +27,6 @@ from kvmcache.trace.events import (
     U64_MAX,
 )
 
-
 NS_PARAMS = (
     "ns_alloc",
     "ns_slab",
