@@ -131,6 +131,16 @@ Z_HSHIFT = 88  # 64 - log2(Z_HCAP)
 Z_SLOTS = 89  # table slot capacity; leaves of slot s are lf[512 s .. 512 s + 511]
 O_PBITS = 90  # presence bitmap of 4 KiB leaves: bit gfn of root r at word r * Z_PBITS + gfn/64
 Z_PBITS = 91  # words per root (a multiple of 8: whole 2 MiB regions); gfns beyond: lf only
+# Per-range state (refc, pair, cached) is indexed by a range index x. Dense (Z_RSPARSE 0):
+# x is the range itself, over every range of the host. Sparse (a huge host): x is given out
+# in first-use order through a hash of range + 1 -> x, and the per-range regions hold the
+# ranges the trace touched (Z_NRANGES of them at most, doubling on demand).
+Z_RSPARSE = 92
+O_RHASH = 93  # range hash, pairs of words: range + 1 (0 = empty), x
+O_RKEY = 94  # per range index: its range (sparse only)
+Z_RHCAP = 95  # range hash capacity (a power of two)
+Z_RHSHIFT = 96
+G_NRANGES = 97  # range indices given out (sparse)
 # Counters and the histograms:
 CB = 128
 HB = 256  # fault_pages, 17 buckets
@@ -190,6 +200,7 @@ ST_GROW_VCPUS = 1
 ST_GROW_FSTACK = 2
 ST_SAMPLES_FULL = 3
 ST_GROW_TABLES = 4
+ST_GROW_RANGES = 5
 ST_ERROR = 9
 
 # Error codes (m[G_ERR]).
@@ -416,6 +427,58 @@ def _free_page(m, u, pfn):
 
 
 @njit(**JIT)
+def _probe(m, base, mask, shift, key):
+    """Open-addressing position of ``key`` (> 0) in a hash at m[base], pairs of words: the
+    position holding it, or the empty one where it would go."""
+    h = ((np.int64(key) * HMUL) >> shift) & mask  # np.int64: wraps in Python mode too
+    while True:
+        kk = m[base + 2 * h]
+        if kk == 0 or kk == key:
+            return h
+        h = (h + 1) & mask
+
+
+@njit(**JIT)
+def _rix(m, r):
+    """Range index of host range r, given out on first use (sparse mode)."""
+    if m[Z_RSPARSE] == 0:
+        return r
+    at = m[O_RHASH] + 2 * _probe(m, m[O_RHASH], m[Z_RHCAP] - 1, m[Z_RHSHIFT], r + 1)
+    if m[at] != 0:
+        return m[at + 1]
+    x = m[G_NRANGES]
+    m[G_NRANGES] = x + 1
+    m[at] = r + 1
+    m[at + 1] = x
+    m[m[O_RKEY] + x] = r
+    return x
+
+
+@njit(**JIT)
+def _rfind(m, r):
+    """Range index of host range r, or -1 if the trace never used it (sparse mode)."""
+    if m[Z_RSPARSE] == 0:
+        return r
+    at = m[O_RHASH] + 2 * _probe(m, m[O_RHASH], m[Z_RHCAP] - 1, m[Z_RHSHIFT], r + 1)
+    if m[at] == 0:
+        return -1
+    return m[at + 1]
+
+
+@njit(**JIT)
+def rehash_ranges(m: np.ndarray) -> None:
+    """Rebuild the range hash from the range keys (after the driver enlarged it)."""
+    base = m[O_RHASH]
+    for h in range(2 * m[Z_RHCAP]):
+        m[base + h] = 0
+    for x in range(m[G_NRANGES]):
+        key = m[m[O_RKEY] + x] + 1
+        at = base + 2 * _probe(m, base, m[Z_RHCAP] - 1, m[Z_RHSHIFT], key)
+        m[at] = key
+        m[at + 1] = x
+
+
+@njit(**JIT)
 def _cache_only(m, r):
     c = m[m[O_CACHED] + r]
     return c > 0 and m[m[O_REFC] + r] == c
@@ -463,7 +526,7 @@ def _pop_pamt(m, v):
 def _get(m, u, pfn, use_cache, v):
     """get(pfn, cache): False when the vCPU cache could not supply a pair (retry)."""
     m[C_GET] += 1
-    r = pfn >> 9
+    r = _rix(m, pfn >> 9)
     ri = m[O_REFC] + r
     alloc = m[P_STRAT] == S_ALLOC
     was = False
@@ -521,6 +584,17 @@ def _put_range(m, u, r):
         _free_page(m, u, m[pr + 1])
     if alloc:
         _cache_only_after(m, r, was)
+
+
+@njit(**JIT)
+def _put_pfn(m, u, pfn):
+    """put() of the range of ``pfn``; a range the trace never used has refcount 0."""
+    r = _rfind(m, pfn >> 9)
+    if r < 0:
+        m[C_PUT] += 1
+        m[C_UNDERFLOW] += 1
+        return
+    _put_range(m, u, r)
 
 
 @njit(**JIT)
@@ -583,7 +657,7 @@ def _fill_caches(m, u, v):
                 pages = 1
                 if strat == S_ALLOC:
                     _get(m, u, p, False, v)
-                    _cached_add(m, p >> 9, 1)
+                    _cached_add(m, _rix(m, p >> 9), 1)
                     m[row + 3 * n] = p
                 elif strat == S_PAIR:
                     q0 = _alloc_page(m, u)
@@ -694,14 +768,7 @@ def _tkey(root, k, idx):
 @njit(**JIT)
 def _hpos(m, key):
     """Hash position holding ``key``, or the empty position where it would go."""
-    mask = m[Z_HCAP] - 1
-    h = ((np.int64(key) * HMUL) >> m[Z_HSHIFT]) & mask  # np.int64: wraps in Python mode too
-    base = m[O_HKEY]
-    while True:
-        kk = m[base + 2 * h]
-        if kk == 0 or kk == key:
-            return h
-        h = (h + 1) & mask
+    return _probe(m, m[O_HKEY], m[Z_HCAP] - 1, m[Z_HSHIFT], key)
 
 
 @njit(**JIT)
@@ -808,7 +875,7 @@ def _link(m, u, v, root, k, idx):
                     m[G_IDLE] -= 1
                     m[G_FPAGES] += 1
                 if strat == S_ALLOC:
-                    _cached_add(m, sept_p >> 9, -1)
+                    _cached_add(m, _rix(m, sept_p >> 9), -1)
             else:
                 m[C_UNDER_LOCK] += 1
                 sept_p = _alloc_page(m, u)
@@ -824,7 +891,7 @@ def _link(m, u, v, root, k, idx):
                     _retry(m, u, v)
             elif pair_obj:
                 m[C_GET] += 1
-                r = sept_p >> 9
+                r = _rix(m, sept_p >> 9)
                 ri = m[O_REFC] + r
                 if m[ri] > 0:
                     m[ri] += 1
@@ -852,7 +919,7 @@ def _free_table(m, u, slot, root):
         si = m[O_SSEPT] + slot
         sept_p = m[si] - 1
         if m[P_DPAMT] != 0:
-            _put_range(m, u, sept_p >> 9)
+            _put_pfn(m, u, sept_p)
         _free_page(m, u, sept_p)
         m[si] = 0
     ti = m[O_SSPT] + slot
@@ -1019,8 +1086,9 @@ def _vcpu_destroy(m, u, v):
         else:
             m[G_IDLE] -= 1
             if strat == S_ALLOC:
-                _cached_add(m, p >> 9, -1)
-                _put_range(m, u, p >> 9)
+                x = _rix(m, p >> 9)
+                _cached_add(m, x, -1)
+                _put_range(m, u, x)
             _free_page(m, u, p)
     # pamt (or the shared list)
     _free_page_stack(m, u, v, K_PAMT, m[O_PAMT] + v * m[Z_PAMT])
@@ -1030,7 +1098,7 @@ def _vcpu_destroy(m, u, v):
         for i in range(m[P_TDVPR] + m[P_TDCX]):
             p = m[row + i]
             if m[P_DPAMT] != 0:
-                _put_range(m, u, p >> 9)
+                _put_pfn(m, u, p)
             _free_page(m, u, p)
     m[m[O_VLIVE] + v] = 0
     m[C_VCPUS_DESTROYED] += 1
@@ -1129,11 +1197,12 @@ def _vm_destroy(m, lf, u):
         for i in range(m[P_TDR] + m[P_TDCS]):
             p = m[base + i]
             if dpamt:
-                _put_range(m, u, p >> 9)
+                _put_pfn(m, u, p)
             _free_page(m, u, p)
     leaked = 0
     base = m[O_REFC]
-    for r in range(m[Z_NRANGES]):
+    nr = m[G_NRANGES] if m[Z_RSPARSE] != 0 else m[Z_NRANGES]
+    for r in range(nr):
         if m[base + r] != 0:
             leaked += 1
     m[C_LEAKED] = leaked
@@ -1184,7 +1253,8 @@ def _fault(m, lf, u, v, gfn, pfn, g, private):
         if not _table_present(m, root, k, idx):
             _link(m, u, v, root, k, idx)
     li = _leaf(m, root, g, gfn)
-    lf[li] = (pfn >> 9) + 1
+    # A mirror leaf remembers its range index (for put at unmap, DEMOTE at split).
+    lf[li] = _rix(m, pfn >> 9) + 1 if root == MIRROR and m[P_DPAMT] != 0 else 1
     if g == 1:
         _pbit_set(m, root, gfn, True)
         m[C_LEAVES_4K] += 1
@@ -1307,6 +1377,9 @@ def run_chunk(
     vmap = m[O_VMAP]
     kmax = m[P_FSTACK] - m[P_GROW_MARGIN]
     smax = m[Z_SLOTS] - SLOT_MARGIN
+    # Sparse range indices one event can give out, at most: one per page it allocates, plus
+    # the leaf's and the split guest range's.
+    rmax = m[Z_NRANGES] - m[P_GROW_MARGIN] - 4 if m[Z_RSPARSE] != 0 else m[Z_NRANGES]
     nsmax = m[P_NSAMPLES]
     n = ts.shape[0]
     for i in range(start, n):
@@ -1329,6 +1402,8 @@ def run_chunk(
             return ST_GROW_FSTACK, i
         if m[G_NSLOTS] > smax:
             return ST_GROW_TABLES, i
+        if m[G_NRANGES] > rmax:
+            return ST_GROW_RANGES, i
         if every > 0 and m[G_NSAMPLES] >= nsmax:
             return ST_SAMPLES_FULL, i
         private = (flags[i] & 1) != 0

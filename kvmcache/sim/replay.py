@@ -126,6 +126,8 @@ class _Run:
                 self.s = self.state_mod.grow_vcpus(self.s, 2 * int(self.s.m[K.P_NVCPU]))
             elif status == K.ST_GROW_TABLES:
                 self.s = self.state_mod.grow_tables(self.s)
+            elif status == K.ST_GROW_RANGES:
+                self.s = self.state_mod.grow_ranges(self.s)
             elif status == K.ST_GROW_FSTACK:
                 self.s = self.state_mod.grow_fstack(self.s)
             elif status == K.ST_SAMPLES_FULL:

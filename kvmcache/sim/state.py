@@ -29,6 +29,13 @@ INITIAL_VCPUS = 8
 PBITS_MAX_GFNS = 1 << 25
 INITIAL_FSTACK = 1 << 16
 INITIAL_SLOTS = 1024
+#: Hosts with more 2 MiB ranges than this (2 TiB of host memory and kernel region) keep
+#: per-range state only for the ranges the trace touches (a hash), not densely.
+DENSE_RANGES_MAX = 1 << 20
+INITIAL_SPARSE_RANGES = 4096
+#: The model indexes host ranges in int64 words: host memory plus the kernel region must
+#: end below 2^54 pfns (64 EiB).
+MAX_HOST_PFNS = 1 << 54
 #: Section 8 costs, kept as u64 in u.
 NS_SLOTS = (
     (K.U_NS_ALLOC, "ns_alloc"),
@@ -55,6 +62,8 @@ REGIONS = (
     ("refc", K.O_REFC),
     ("pair", K.O_PAIR),
     ("cached", K.O_CACHED),
+    ("rhash", K.O_RHASH),
+    ("rkey", K.O_RKEY),
     ("hkey", K.O_HKEY),
     ("pbits", K.O_PBITS),
     ("skey", K.O_SKEY),
@@ -118,6 +127,8 @@ def _sizes(m: np.ndarray) -> dict[str, int]:
         "refc": nr,
         "pair": 2 * nr,
         "cached": nr,
+        "rhash": 2 * int(m[K.Z_RHCAP]) if m[K.Z_RSPARSE] else 0,
+        "rkey": nr if m[K.Z_RSPARSE] else 0,
         "hkey": 2 * nh,  # key, slot pairs
         "pbits": 2 * int(m[K.Z_PBITS]),
         "skey": ns,
@@ -171,8 +182,16 @@ def build(
         target = 0
     kbase = kernel_base(header, params)
     kpages = int(params["kernel_pages"])
-    nranges = -(-max(header.host_pfn_limit, kbase + kpages) // 512)
+    host_ranges = -(-max(header.host_pfn_limit, kbase + kpages) // 512)
+    if host_ranges * 512 > MAX_HOST_PFNS:
+        raise KvmcacheError(
+            f"{header.path or 'trace'}: host memory plus the kernel region end at pfn "
+            f"{host_ranges * 512:#x}, beyond the 2^54 pfns the model indexes; lower "
+            "host_pfn_limit, kernel_base_pfn or kernel_pages"
+        )
     margin = grow_margin(params, L, target)
+    sparse = host_ranges > DENSE_RANGES_MAX
+    nranges = INITIAL_SPARSE_RANGES + 2 * margin if sparse else host_ranges
     fstack = min(INITIAL_FSTACK, kpages) + 2 * margin
     ctrl = int(params["tdvpr_pages"]) + int(params["tdcx_pages"])
 
@@ -183,8 +202,6 @@ def build(
             f"({nranges:,} host 2 MiB ranges for host_pfn_limit and kernel_pages, "
             f"{fstack:,} free-page slots for capacity and pamt_pairs); lower the largest"
         )
-    if nranges >= 2**32 - 1:
-        raise KvmcacheError("host memory plus the kernel region exceeds 2^41 pfns")
 
     fixed = np.zeros(K.FIXED, dtype=np.int64)
     for slot, name in (
@@ -219,6 +236,8 @@ def build(
     fixed[K.Z_PAMT] = max(target, 1)
     fixed[K.Z_VCTRL] = max(ctrl, 1)
     fixed[K.Z_NRANGES] = nranges
+    fixed[K.Z_RSPARSE] = 1 if sparse else 0
+    _size_hash(fixed, K.Z_RHCAP, K.Z_RHSHIFT, nranges if sparse else 0)
     # The presence bitmap covers gfn_limit in whole 2 MiB regions, up to PBITS_MAX_GFNS.
     fixed[K.Z_PBITS] = 8 * -(-min(header.gfn_limit, PBITS_MAX_GFNS) // 512)
     _size_tables(fixed, INITIAL_SLOTS)
@@ -230,14 +249,30 @@ def build(
     return State(m, lf, u)
 
 
-def _size_tables(fixed: np.ndarray, slots: int) -> None:
-    """Table slot capacity and a hash of twice as many positions (load <= 1/2)."""
+def _size_hash(fixed: np.ndarray, cap_slot: int, shift_slot: int, entries: int) -> None:
+    """A hash of at least twice ``entries`` positions (load <= 1/2), a power of two."""
     hcap = 1
-    while hcap < 2 * slots:
+    while hcap < 2 * entries:
         hcap *= 2
+    fixed[cap_slot] = hcap
+    fixed[shift_slot] = 64 - (hcap.bit_length() - 1)
+
+
+def _size_tables(fixed: np.ndarray, slots: int) -> None:
+    """Table slot capacity and its hash."""
     fixed[K.Z_SLOTS] = slots
-    fixed[K.Z_HCAP] = hcap
-    fixed[K.Z_HSHIFT] = 64 - (hcap.bit_length() - 1)
+    _size_hash(fixed, K.Z_HCAP, K.Z_HSHIFT, slots)
+
+
+def grow_ranges(s: State) -> State:
+    """A sparse state with twice the range indices, rehashed."""
+    fixed = s.m[: K.FIXED].copy()
+    n = 2 * int(fixed[K.Z_NRANGES])
+    fixed[K.Z_NRANGES] = n
+    _size_hash(fixed, K.Z_RHCAP, K.Z_RHSHIFT, n)
+    m = _layout(fixed, s.m)
+    K.rehash_ranges(m)
+    return State(m, s.lf, s.u)
 
 
 def grow_tables(s: State) -> State:
