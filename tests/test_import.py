@@ -19,15 +19,15 @@ import pytest
 import yaml
 from clirun import error_line, run
 
-from kvmcache.trace import open_trace
-from kvmcache.trace.events import EVENT_DTYPE, OP_FAULT, OP_SPLIT, OP_UNMAP
-from kvmcache.trace.importers.mapping import (
+from kvmcache.importers.mapping import (
     ImportOptions,
     import_text,
     parse_size,
 )
-from kvmcache.trace.importers.sources import import_paths
-from kvmcache.trace.importers.text import LineReader
+from kvmcache.importers.sources import import_paths
+from kvmcache.importers.text import LineReader
+from kvmcache.trace import open_trace
+from kvmcache.trace.events import EVENT_DTYPE, OP_FAULT, OP_SPLIT, OP_UNMAP
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "import")
 F, U, S = OP_FAULT, OP_UNMAP, OP_SPLIT

@@ -12,7 +12,8 @@ from clirun import error_line as one_error_line
 from clirun import run
 
 from kvmcache.errors import KvmcacheError
-from kvmcache.trace import InMemoryTrace, open_trace, synth
+from kvmcache.synth import generator as synth
+from kvmcache.trace import InMemoryTrace, open_trace
 from kvmcache.trace.events import (
     EVENT_DTYPE,
     FLAG_PRIVATE,
@@ -355,7 +356,7 @@ def test_backings() -> None:
 _PURE_PYTHON = """
 import sys
 import numpy as np
-from kvmcache.trace import synth
+from kvmcache.synth import generator as synth
 parts = []
 for scenario in synth.SCENARIOS:
     for vm in ("tdx", "vmx"):

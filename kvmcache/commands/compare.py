@@ -73,7 +73,7 @@ def command(
     The trace is read once: each chunk of events runs through one model state per
     strategy. Exit 3 when a --limit or --require fails (the report is still printed).
     """
-    from kvmcache.sim.jit import use_python
+    from kvmcache.jit import use_python
     from kvmcache.sim.replay import all_strategies_for, replay_many, resolve_params
     from kvmcache.trace import open_trace
 

@@ -11,11 +11,11 @@ import yaml
 
 from kvmcache.atomic import atomic_open, output_target, refuse_overwriting_inputs
 from kvmcache.errors import KvmcacheError
+from kvmcache.importers.mapping import PFN_MAPS, ImportOptions, ImportStats, parse_size
+from kvmcache.importers.sources import import_paths
+from kvmcache.importers.text import FORMATS, SKIP_REASONS
 from kvmcache.trace import import_sidecar_path
 from kvmcache.trace.binary import BinaryWriter
-from kvmcache.trace.importers.mapping import PFN_MAPS, ImportOptions, ImportStats, parse_size
-from kvmcache.trace.importers.sources import import_paths
-from kvmcache.trace.importers.text import FORMATS, SKIP_REASONS
 
 PAGE_SIZE = 4096
 

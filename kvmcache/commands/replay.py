@@ -55,7 +55,7 @@ def command(
 
     Exit 3 when a --limit or --require fails (the report is still printed).
     """
-    from kvmcache.sim.jit import use_python
+    from kvmcache.jit import use_python
     from kvmcache.sim.replay import replay, resolve_params
     from kvmcache.trace import open_trace
 

@@ -12,7 +12,7 @@ from kvmcache.errors import KvmcacheError
 
 # The library (and numba with it) is imported only when the command runs, so that
 # `kvmcache synth --help` stays fast; the defaults shown here are those of
-# kvmcache.trace.synth.generate().
+# kvmcache.synth.generator.generate().
 
 _BACKINGS = ("hugepage", "4k-contiguous", "4k-random")
 
@@ -115,7 +115,7 @@ def command(
       kvmcache synth scatter -o best.kvmt --backing hugepage
       kvmcache synth churn -o churn.yaml --events 300
     """
-    from kvmcache.trace import synth
+    from kvmcache.synth import generator as synth
 
     if list_scenarios:
         width = max(len(name) for name in synth.SCENARIOS)

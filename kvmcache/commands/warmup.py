@@ -40,8 +40,8 @@ def command() -> None:
         path = os.path.join(d, "warmup.kvmt")
         write_binary(path, header, ev)
         replay_many(open_trace(path), list(STRATEGIES))
-    from kvmcache.trace import synth
-    from kvmcache.trace.importers.mapping import Importer
+    from kvmcache.importers.mapping import Importer
+    from kvmcache.synth import generator as synth
 
     for scenario in synth.SCENARIOS:
         for _ in synth.generate(scenario, events=64, seed=1, vcpus=2)[1]:

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from kvmcache.jit import njit
 from kvmcache.sim.counters import COUNTERS, N_COUNTERS
-from kvmcache.sim.jit import njit
 from kvmcache.trace.events import (
     OP_FAULT,
     OP_SPLIT,

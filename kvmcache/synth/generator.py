@@ -7,8 +7,8 @@ follows MODEL.md section 5, so every unmap names a present leaf and every split 
 leaf. Memory is sized from the guest memory, never from the event count. docs/synth.md
 describes the model.
 
-This is the only module of ``kvmcache.trace`` that imports numba; the CLI imports it only
-when ``kvmcache synth`` runs.
+This is the one file of jitted code of ``kvmcache.synth`` (numba through :mod:`kvmcache.jit`);
+the CLI imports it only when ``kvmcache synth`` runs.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from kvmcache.errors import KvmcacheError
+from kvmcache.jit import NO_NRT, NO_NRT_INLINE, njit
 from kvmcache.trace.binary import BinaryWriter
 from kvmcache.trace.events import (
     EVENT_DTYPE,
@@ -253,10 +253,10 @@ _PERM_MUL0, _PERM_MUL1, _PERM_MUL2 = (np.uint64(m) for m in _PERM_MUL)
 #   functions: numba's inlining copies the IR of each inlined call, nested calls included, and
 #   inlining everything would make the first compilation several times longer.
 def _jit(signature: str):
-    return njit(signature, cache=True, nogil=True, _nrt=False)
+    return njit(signature, **NO_NRT)
 
 
-_jit_inline = njit(cache=True, nogil=True, _nrt=False, inline="always")
+_jit_inline = njit(**NO_NRT_INLINE)
 
 #: numba types that recur in the signatures below: the parameters, the output block (its
 #: records as little-endian u64 words, 4 per record) and a tick compiled on its own.
