@@ -90,13 +90,13 @@ def command(
     with common.progress_bar(source.header.count, not no_progress, label="compare") as progress:
         results = replay_many(source, strategies, params=params, progress=progress, threads=threads)
 
-    from kvmcache.report.compare import compare_document
+    from kvmcache.report.documents import compare_document
 
     doc = compare_document(results, reference)
     gate.check_after(doc["runs"])
     fmt = common.resolve_format(fmt)
     if fmt == "json":
-        from kvmcache.report.jsonfmt import dumps
+        from kvmcache.report.documents import dumps
 
         common.echo_out(dumps(doc))
     elif fmt == "csv":

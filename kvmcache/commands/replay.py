@@ -82,7 +82,7 @@ def command(
         from kvmcache.report.timeline import write_timeline
 
         write_timeline(timeline_path, [result])
-    from kvmcache.report.jsonfmt import dumps, replay_document
+    from kvmcache.report.documents import dumps, replay_document
 
     doc = replay_document(result)
     gate.check_after([doc])

@@ -179,9 +179,9 @@ def command(
     from kvmcache.report import sweepfmt
 
     if fmt == "json":
-        from kvmcache.report.jsonfmt import dumps
+        from kvmcache.report.documents import dumps, sweep_document
 
-        text = dumps(sweepfmt.sweep_document(result, sort_by)) + "\n"
+        text = dumps(sweep_document(result, sort_by)) + "\n"
     elif fmt == "csv":
         text = sweepfmt.render_csv(result, sort_by)
     elif output or not sys.stdout.isatty():  # a file or a pipe: plain text, wide enough

@@ -11,42 +11,17 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from kvmcache import params as params_mod
 from kvmcache.errors import EXIT_INTERNAL, KvmcacheError
-from kvmcache.sim.counters import COUNTERS, DEFAULT_STRATEGY
+from kvmcache.results import ReplayResult
+from kvmcache.sim.counters import COUNTERS, DEFAULT_STRATEGY, FAULT_PAGES_BUCKETS
 from kvmcache.trace import TraceSource
 from kvmcache.trace.events import TraceHeader
 
 Progress = Callable[[int], None]
-
-
-@dataclass
-class ReplayResult:
-    """What one replay of one trace under one strategy computed."""
-
-    alloc: str  # the strategy asked for
-    effective_alloc: str  # what ran ("none" for every strategy on a vmx trace)
-    params: dict[str, int | bool]
-    header: TraceHeader
-    counters: dict[str, int]
-    histograms: dict[str, list[int]]
-    elapsed: float = 0.0
-    timeline: np.ndarray | None = None  # rows of kernel.T_* columns
-    notes: list[str] = field(default_factory=list)
-    ts_first: int | None = None
-    ts_last: int | None = None
-
-    @property
-    def spinlock_safe(self) -> bool:
-        return self.counters["alloc_under_lock"] == 0 and self.counters["fault_retries"] == 0
-
-    @property
-    def balanced(self) -> bool:
-        return self.counters["refcount_underflow"] == 0 and self.counters["leaked_ranges"] == 0
 
 
 def resolve_params(
@@ -178,7 +153,9 @@ class _Run:
             params=dict(self.params),
             header=self.header,
             counters=counters,
-            histograms={"fault_pages": [int(x) for x in self.s.m[K.HB : K.HB + 17]]},
+            histograms={
+                "fault_pages": [int(x) for x in self.s.m[K.HB : K.HB + FAULT_PAGES_BUCKETS]]
+            },
             elapsed=self.elapsed,
             timeline=timeline,
             notes=notes,
