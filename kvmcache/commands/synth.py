@@ -116,6 +116,7 @@ def command(
       kvmcache synth churn -o churn.yaml --events 300
     """
     from kvmcache.synth import generator as synth
+    from kvmcache.trace.output import TraceOutput
 
     if list_scenarios:
         width = max(len(name) for name in synth.SCENARIOS)
@@ -144,12 +145,11 @@ def command(
         if value is not None:
             kwargs[name] = value
     header, blocks = synth.generate(scenario, **kwargs)  # type: ignore[arg-type]
-    synth.check_output(out, force=force, events=header.count)
+    target = TraceOutput(out, command="synth", force=force, events=header.count)
 
     start = time.perf_counter()
-    n = synth.write(out, header, blocks)
-    if not synth.is_yaml_path(out):
-        _drop_stale_sidecar(out)
+    n = synth.write(out, header, blocks, target)
+    target.finish()
     elapsed = time.perf_counter() - start
     size = os.path.getsize(out)
     size_text = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
@@ -159,12 +159,3 @@ def command(
         f"in {elapsed:.2f} s{speed}",
         file=sys.stderr,
     )
-
-
-def _drop_stale_sidecar(out: str) -> None:
-    """A synthetic trace has no model parameters: a sidecar of an overwritten trace must go."""
-    from kvmcache.trace import sidecar_path
-
-    side = sidecar_path(out)
-    if os.path.lexists(side):
-        os.unlink(side)

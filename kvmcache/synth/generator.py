@@ -14,7 +14,6 @@ the CLI imports it only when ``kvmcache synth`` runs.
 from __future__ import annotations
 
 import math
-import os
 import queue
 import threading
 from collections.abc import Iterable, Iterator
@@ -36,8 +35,8 @@ from kvmcache.trace.events import (
     OP_VM_CREATE,
     OP_VM_DESTROY,
     TraceHeader,
-    empty,
 )
+from kvmcache.trace.output import TraceOutput
 from kvmcache.trace.sizes import size_bytes
 
 #: Scenario name -> one-line description (``kvmcache synth --list``).
@@ -72,8 +71,6 @@ DEFAULT_RATE = 50_000.0  # events per second per vCPU
 DEFAULT_JITTER = 0.5
 DEFAULT_PRIVATE_FRACTION = {"tdx": 0.9, "vmx": 0.0}
 
-#: YAML output is for small, reviewable traces.
-YAML_EVENT_LIMIT = 100_000
 #: Events per generated block: 8 MiB of records, small enough for the C allocator to reuse
 #: freed blocks (a fresh 32 MiB block costs thousands of page faults) and large enough to
 #: amortise a kernel call.
@@ -87,7 +84,6 @@ MAX_GUEST_MEMORY = 4 << 40
 MAX_HOST_MEMORY = 1 << 60
 
 _REGION = 512  # 4 KiB pages per 2 MiB region
-_YAML_EXTS = (".yaml", ".yml")
 
 # --- sizes ------------------------------------------------------------------------------------
 
@@ -1126,42 +1122,31 @@ def _fill(st: _State, block: np.ndarray) -> int:
         return _run(block.view("<u8"), st.M, st.F)
 
 
-def is_yaml_path(path: str) -> bool:
-    """True when ``path`` names a YAML trace (by extension)."""
-    return path.lower().endswith(_YAML_EXTS)
-
-
-def write(out_path: str, header: TraceHeader, blocks: Iterable[np.ndarray]) -> int:
-    """Write the blocks to ``out_path``: YAML by extension (at most YAML_EVENT_LIMIT events),
-    else binary, streamed through BinaryWriter (atomic). Returns the number of events written.
+def write(
+    out_path: str,
+    header: TraceHeader,
+    blocks: Iterable[np.ndarray],
+    output: TraceOutput | None = None,
+) -> int:
+    """Write the blocks to ``out_path`` by the rule of :mod:`kvmcache.trace.output` (YAML by
+    extension, at most YAML_EVENT_LIMIT events; else binary, atomic), through ``output`` when
+    the command checked OUT already. Returns the number of events written.
 
     For a binary trace the events are generated on a second thread (the kernel releases the GIL)
     while this one writes: a stream from :func:`generate` into a few small reused buffers
     (:func:`_write_binary`), any other iterable two blocks ahead at most. The order, and so the
     file, is the same.
     """
-    if not is_yaml_path(out_path):
-        with BinaryWriter(out_path, header) as w:
-            if isinstance(blocks, _Blocks):
-                _write_binary(w, blocks.state)
-            else:
-                for block in _ahead(blocks, depth=2):
-                    w.write(block)
-            return w.count
-    if header.count is not None and header.count > YAML_EVENT_LIMIT:
-        raise KvmcacheError(_yaml_too_big(out_path, header.count))
-    parts: list[np.ndarray] = []
-    total = 0
-    for block in blocks:
-        total += len(block)
-        if total > YAML_EVENT_LIMIT:
-            raise KvmcacheError(_yaml_too_big(out_path, total))
-        parts.append(block)
-    from kvmcache.trace.yamlfmt import write_yaml
+    out = output or TraceOutput(out_path, command="synth", force=True)
 
-    events = np.concatenate(parts) if parts else empty(0)
-    write_yaml(out_path, header, events)
-    return total
+    def feed(w: BinaryWriter) -> None:
+        if isinstance(blocks, _Blocks):
+            _write_binary(w, blocks.state)
+        else:
+            for block in _ahead(blocks, depth=2):
+                w.write(block)
+
+    return out.write(header, blocks, feed=feed)
 
 
 def _write_binary(w: BinaryWriter, st: _State) -> None:
@@ -1234,23 +1219,3 @@ def _ahead(items: Iterable[np.ndarray], depth: int) -> Iterator[np.ndarray]:
             except queue.Empty:
                 pass
         worker.join()
-
-
-def _yaml_too_big(path: str, n: int) -> str:
-    return (
-        f"{path}: {n:,} events is too many for a YAML trace (at most {YAML_EVENT_LIMIT:,}); "
-        "write a binary .kvmt trace instead"
-    )
-
-
-def check_output(out_path: str, *, force: bool = False, events: int | None = None) -> None:
-    """Refuse an OUT that is standard output, a directory, an existing file without ``force``,
-    or a YAML file for more than YAML_EVENT_LIMIT events."""
-    if out_path == "-":
-        raise KvmcacheError("synth: OUT must be a file path, not standard output")
-    if os.path.isdir(out_path):
-        raise KvmcacheError(f"{out_path}: is a directory; OUT must be a file path")
-    if os.path.lexists(out_path) and not force:
-        raise KvmcacheError(f"{out_path}: already exists; use --force to overwrite it")
-    if events is not None and is_yaml_path(out_path) and events > YAML_EVENT_LIMIT:
-        raise KvmcacheError(_yaml_too_big(out_path, events))
