@@ -8,6 +8,7 @@ import click
 
 from kvmcache.commands import _common as common
 from kvmcache.commands import _gates as gating
+from kvmcache.report.formats import Report
 from kvmcache.sim.counters import DEFAULT_STRATEGY
 
 
@@ -94,17 +95,6 @@ def command(
 
     doc = compare_document(results, reference)
     gate.check_after(doc["runs"])
-    fmt = common.resolve_format(fmt)
-    if fmt == "json":
-        from kvmcache.report.documents import dumps
-
-        common.echo_out(dumps(doc))
-    elif fmt == "csv":
-        from kvmcache.report.csvfmt import render
-
-        common.echo_out(render(results))
-    else:
-        from kvmcache.report.compare import render_compare
-
-        render_compare(results, reference, common.out_console(), all_counters=all_counters)
+    report = Report("compare", doc, results, reference=reference, all_counters=all_counters)
+    common.emit(report, common.resolve_format(fmt))
     gating.finish(gate, doc, doc["runs"])

@@ -6,6 +6,7 @@ import click
 
 from kvmcache.commands import _common as common
 from kvmcache.commands import _gates as gating
+from kvmcache.report.formats import Report
 from kvmcache.sim.counters import DEFAULT_STRATEGY
 
 
@@ -82,19 +83,9 @@ def command(
         from kvmcache.report.timeline import write_timeline
 
         write_timeline(timeline_path, [result])
-    from kvmcache.report.documents import dumps, replay_document
+    from kvmcache.report.documents import replay_document
 
     doc = replay_document(result)
     gate.check_after([doc])
-    fmt = common.resolve_format(fmt)
-    if fmt == "json":
-        common.echo_out(dumps(doc))
-    elif fmt == "csv":
-        from kvmcache.report.csvfmt import render
-
-        common.echo_out(render([result]))
-    else:
-        from kvmcache.report.table import render_replay
-
-        render_replay(result, common.out_console())
+    common.emit(Report("replay", doc, [result]), common.resolve_format(fmt))
     gating.finish(gate, doc, [doc])
