@@ -9,10 +9,11 @@ import click
 import yaml
 
 from kvmcache.errors import KvmcacheError
-from kvmcache.importers.mapping import PFN_MAPS, ImportOptions, ImportStats, parse_size
+from kvmcache.importers.mapping import PFN_MAPS, ImportOptions, ImportStats
 from kvmcache.importers.sources import import_paths
 from kvmcache.importers.text import FORMATS, SKIP_REASONS
 from kvmcache.trace.output import TraceOutput
+from kvmcache.trace.sizes import parse_size
 
 PAGE_SIZE = 4096
 

@@ -55,7 +55,6 @@ from kvmcache.trace.events import (
     OP_UNMAP,
     TraceHeader,
 )
-from kvmcache.trace.sizes import size_bytes
 
 PFN_MAPS = ("identity", "hugepage", "random")
 SHARED_BITS = (47, 51)
@@ -85,16 +84,6 @@ _MAPPED = {
 _MMU_NAMES = frozenset(
     ("fast_page_fault", "mark_mmio_spte", "handle_mmio_page_fault", "check_mmio_spte")
 )
-
-
-def parse_size(text: str, what: str = "size") -> int:
-    """Bytes from ``4GiB``, ``512M``, ``0x1000 K`` or a plain byte count (units are powers of 1024)."""
-    size = size_bytes(text, unit_required=False)
-    if size is None:
-        raise KvmcacheError(
-            f"{what} {text!r} is not a size (a number and a unit B, K/KiB, M/MiB, G/GiB or T/TiB)"
-        )
-    return size
 
 
 @dataclass

@@ -37,7 +37,7 @@ from kvmcache.trace.events import (
     TraceHeader,
 )
 from kvmcache.trace.output import TraceOutput
-from kvmcache.trace.sizes import size_bytes
+from kvmcache.trace.sizes import parse_size
 
 #: Scenario name -> one-line description (``kvmcache synth --list``).
 SCENARIOS: dict[str, str] = {
@@ -86,23 +86,6 @@ MAX_HOST_MEMORY = 1 << 60
 _REGION = 512  # 4 KiB pages per 2 MiB region
 
 # --- sizes ------------------------------------------------------------------------------------
-
-
-def parse_size(text: str | int, what: str = "size") -> int:
-    """Bytes of a size such as ``4GiB``, ``512M``, ``0x1000 K`` or ``4096`` (units are powers of 1024)."""
-    if isinstance(text, bool):
-        raise KvmcacheError(f"bad {what} {text!r}: expected a size such as 4GiB")
-    if isinstance(text, int):
-        if text < 0:
-            raise KvmcacheError(f"bad {what} {text}: must not be negative")
-        return text
-    size = size_bytes(str(text), unit_required=False)
-    if size is None:
-        raise KvmcacheError(
-            f"bad {what} {text!r}: expected a number and a unit B, K/KB/KiB, M/MB/MiB, "
-            "G/GB/GiB or T/TB/TiB, such as 4GiB"
-        )
-    return size
 
 
 def _fmt_size(nbytes: int) -> str:
