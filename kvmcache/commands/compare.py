@@ -69,7 +69,9 @@ def command(
     limits: tuple[str, ...],
     require: tuple[str, ...],
 ) -> None:
-    """Replay TRACE (YAML or binary; - reads standard input) under several strategies.
+    """Replay a trace under several strategies, side by side.
+
+    Replay TRACE (YAML or binary; - reads standard input) under several strategies.
 
     The trace is read once: each chunk of events runs through one model state per
     strategy. Exit 3 when a --limit or --require fails (the report is still printed).

@@ -58,7 +58,9 @@ def convert(src: str, dst: str, *, force: bool = False, strict: bool = False) ->
     "--strict", is_flag=True, help="Treat a truncated binary trace as an error, not a warning."
 )
 def command(src: str, dst: str, force: bool, strict: bool) -> None:
-    """Convert trace IN to OUT, YAML <-> binary.
+    """Convert a trace between YAML and binary.
+
+    Convert trace IN to OUT, YAML <-> binary.
 
     The input format is detected from its magic or extension (`-` reads standard input);
     OUT is YAML when it ends in .yaml or .yml, binary otherwise. A YAML `params` block

@@ -125,7 +125,9 @@ def command(
     strict: bool,
     force: bool,
 ) -> None:
-    """Import recorded KVM traces (ftrace, trace-cmd report, perf script) into OUT.kvmt.
+    """Import recorded kernel traces (ftrace, trace-cmd, perf).
+
+    Import recorded KVM traces (ftrace, trace-cmd report, perf script) into OUT.kvmt.
 
     INPUT is a text file (optionally .gz, .xz, .bz2 or .zst), `-` for standard input, or a
     binary trace.dat / perf.data (rendered with trace-cmd report / perf script).

@@ -216,7 +216,9 @@ def render_table(doc: dict[str, Any]) -> None:
     "--strict", is_flag=True, help="Treat a truncated binary trace as an error, not a warning."
 )
 def command(trace: str, fmt: str, strict: bool) -> None:
-    """Print TRACE's header and event statistics (`-` reads standard input).
+    """Print a trace's header and event statistics.
+
+    Print TRACE's header and event statistics (`-` reads standard input).
 
     Every event is validated as replay would; the counts are streamed chunk by chunk.
     """

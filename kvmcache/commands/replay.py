@@ -52,7 +52,9 @@ def command(
     limits: tuple[str, ...],
     require: tuple[str, ...],
 ) -> None:
-    """Replay TRACE (YAML or binary; - reads standard input) under one strategy.
+    """Replay a trace through the model under one allocation strategy.
+
+    Replay TRACE (YAML or binary; - reads standard input) under one strategy.
 
     Exit 3 when a --limit or --require fails (the report is still printed).
     """

@@ -127,7 +127,9 @@ def command(
     strict: bool,
     no_progress: bool,
 ) -> None:
-    """Replay every TRACE under every --alloc at every point of the --grid.
+    """Replay parameter grids x strategies x traces, in parallel.
+
+    Replay every TRACE under every --alloc at every point of the --grid.
 
     Parameters merge as defaults < trace params < --config < --set < grid point. A point
     with invalid parameters is reported (invalid, with the reason), not fatal; the sweep

@@ -106,7 +106,9 @@ def command(
     jitter: float | None,
     force: bool,
 ) -> None:
-    """Write a synthetic trace of SCENARIO to OUT; the same arguments give the same file.
+    """Write a synthetic guest-fault trace.
+
+    Write a synthetic trace of SCENARIO to OUT; the same arguments give the same file.
 
     \b
     Examples:

@@ -12,7 +12,9 @@ import click
 
 @click.command("warmup")
 def command() -> None:
-    """Compile every jitted function now so the first real run starts warm.
+    """Compile the replay kernels ahead of time (for CI images).
+
+    Compile every jitted function now so the first real run starts warm.
 
     numba caches the machine code next to the package (``cache=True``); this runs a tiny
     trace through every strategy from memory and from a memory-mapped binary file (a

@@ -32,6 +32,7 @@ from kvmcache.sim.counters import (
     N_COUNTERS,
     STRATEGIES,
 )
+from kvmcache.trace.events import MAX_VCPUS as TRACE_MAX_VCPUS
 from kvmcache.trace.events import (
     OP_FAULT,
     OP_SPLIT,
@@ -244,6 +245,7 @@ assert len(STRATEGIES) == len(_STRATS)
 _CACHES = ("desc", "header", "spt", "sept", "pamt")
 assert (K_DESC, K_HEADER, K_SPT, K_SEPT, K_PAMT) == tuple(map(CACHES.index, _CACHES))
 assert N_T == len(TIMELINE_COLUMNS) and HB + FAULT_PAGES_BUCKETS <= FIXED
+assert MAX_VCPUS == TRACE_MAX_VCPUS
 #: numba caches compiled code per source file: if counters.py (or another module this file
 #: takes indices and codes from) changes but this file does not, a stale cache would index
 #: old positions. finish() stores this value as compiled; the driver compares it with the

@@ -108,7 +108,9 @@ class _Run:
         if code == K.E_AFTER_DESTROY:
             return f"{where}: event after vm_destroy (a trace describes one VM)"
         if code == K.E_BAD_VCPU:
-            return f"{where}: vcpu {int(chunk['vcpu'][i])} is out of range (must be < 65536)"
+            return (
+                f"{where}: vcpu {int(chunk['vcpu'][i])} is out of range (must be < {K.MAX_VCPUS})"
+            )
         if code == K.E_BAD_OP:
             return f"{where}: unknown op code {int(chunk['op'][i])}"
         if code == K.E_KERNEL_PAGES:
