@@ -65,7 +65,7 @@ def child(args: argparse.Namespace, out_dir: str) -> None:
 
     from kvmcache.sim import kernel as K
     from kvmcache.sim.replay import replay_events
-    from kvmcache.trace import synth
+    from kvmcache.synth import generator as synth
 
     header, blocks = synth.generate(
         "steady", events=args.events, seed=1, vcpus=4, guest_memory=args.guest, host_memory="256GiB"

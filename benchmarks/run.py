@@ -246,8 +246,8 @@ def write_recording(path: str, n: int, perf: bool = False) -> None:
 
 
 def bench_import(tmp: str) -> list[Row]:
-    from kvmcache.trace.importers import mapping
-    from kvmcache.trace.importers.sources import import_paths
+    from kvmcache.importers import mapping
+    from kvmcache.importers.sources import import_paths
 
     path = os.path.join(tmp, "recording.txt")
     write_recording(path, IMPORT_LINES)

@@ -19,16 +19,12 @@ from typing import Any
 
 from kvmcache.atomic import write_atomic
 from kvmcache.errors import EXIT_USAGE, KvmcacheError, reading
+from kvmcache.report.documents import BASELINE_SCHEMAS, COMPARE_SCHEMA, VERDICTS, parse_document
 from kvmcache.sim.counters import COUNTERS
-
-REPLAY_SCHEMA = "kvmcache.replay/1"
-COMPARE_SCHEMA = "kvmcache.compare/1"
-BASELINE_SCHEMAS = (REPLAY_SCHEMA, COMPARE_SCHEMA)
 
 #: --require NAME -> (verdict key of a replay document, counters behind it)
 REQUIREMENTS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "spinlock-safe": ("spinlock_safe", ("alloc_under_lock", "fault_retries")),
-    "balanced": ("balanced", ("refcount_underflow", "leaked_ranges")),
+    key.replace("_", "-"): (key, counters) for key, counters in VERDICTS.items()
 }
 
 #: names a binary trace read from standard input carries (no file name to match)
@@ -137,35 +133,14 @@ def load_baseline(path: str) -> Baseline:
     """Read a saved replay or compare report; an unreadable or invalid one is exit 2."""
     try:
         with reading(path, "baseline file", "a baseline file"), open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            text = f.read()
+    except UnicodeDecodeError as e:
         raise KvmcacheError(f"{path}: baseline is not valid JSON: {e}") from None
-    except RecursionError:
-        raise KvmcacheError(f"{path}: baseline is not valid JSON: nested too deeply") from None
-    if not isinstance(doc, dict):
-        raise KvmcacheError(f"{path}: baseline is not a kvmcache report (not a JSON object)")
-    schema = doc.get("schema")
-    if schema not in BASELINE_SCHEMAS:
-        raise KvmcacheError(
-            f"{path}: baseline schema {schema!r} is not one of {', '.join(BASELINE_SCHEMAS)}"
-        )
-    docs = [doc] if schema == REPLAY_SCHEMA else doc.get("runs")
-    if not isinstance(docs, list) or not docs:
+    schema, doc, docs = parse_document(path, text, BASELINE_SCHEMAS, "baseline")
+    if not docs:
         raise KvmcacheError(f"{path}: baseline has no runs")
     runs: dict[str, dict[str, Any]] = {}
-    for i, run in enumerate(docs):
-        where = f"{path}: run {i}" if schema == COMPARE_SCHEMA else path
-        if not isinstance(run, dict):
-            raise KvmcacheError(f"{where}: not a replay document")
-        for key, typ in (("alloc", str), ("params", dict), ("counters", dict), ("trace", dict)):
-            if not isinstance(run.get(key), typ):
-                raise KvmcacheError(f"{where}: missing or invalid {key!r}")
-        bad = [k for k, v in run["counters"].items() if type(v) is not int]
-        if bad:
-            raise KvmcacheError(f"{where}: counter {bad[0]!r} is not an integer")
-        neg = [k for k, v in run["counters"].items() if v < 0]
-        if neg:
-            raise KvmcacheError(f"{where}: counter {neg[0]!r} is negative")
+    for run in docs:
         if run["alloc"] in runs:
             raise KvmcacheError(f"{path}: strategy {run['alloc']} appears twice")
         runs[run["alloc"]] = run

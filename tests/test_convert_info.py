@@ -14,8 +14,8 @@ import pytest
 from clirun import error_line as one_error_line
 from clirun import run
 
-from kvmcache.commands import convert as convert_mod
 from kvmcache.trace import open_trace
+from kvmcache.trace import output as output_mod
 from kvmcache.trace.binary import pack_header, write_binary
 from kvmcache.trace.events import TraceHeader, empty
 from kvmcache.trace.yamlfmt import read_yaml
@@ -155,13 +155,13 @@ def test_binary_to_binary_keeps_sidecar_and_drops_a_stale_one(capsys, tmp_path, 
 
 
 def test_yaml_output_limit(capsys, tmp_path, good, monkeypatch):
-    monkeypatch.setattr(convert_mod, "YAML_EVENT_LIMIT", 5)
+    monkeypatch.setattr(output_mod, "YAML_EVENT_LIMIT", 5)
     out = tmp_path / "big.yaml"
     code, _, err = run(capsys, "convert", good, str(out))
     assert code == 2
     assert one_error_line(err) == (
         f"{good}: more than 5 events is too many for a YAML trace; "
-        "convert to a binary .kvmt file instead"
+        "write a binary .kvmt trace instead"
     )
     assert not out.exists()
 

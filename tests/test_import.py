@@ -19,15 +19,14 @@ import pytest
 import yaml
 from clirun import error_line, run
 
-from kvmcache.trace import open_trace
-from kvmcache.trace.events import EVENT_DTYPE, OP_FAULT, OP_SPLIT, OP_UNMAP
-from kvmcache.trace.importers.mapping import (
+from kvmcache.importers.mapping import (
     ImportOptions,
     import_text,
-    parse_size,
 )
-from kvmcache.trace.importers.sources import import_paths
-from kvmcache.trace.importers.text import LineReader
+from kvmcache.importers.sources import import_paths
+from kvmcache.importers.text import LineReader
+from kvmcache.trace import open_trace
+from kvmcache.trace.events import EVENT_DTYPE, OP_FAULT, OP_SPLIT, OP_UNMAP
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "import")
 F, U, S = OP_FAULT, OP_UNMAP, OP_SPLIT
@@ -555,17 +554,6 @@ def test_strict_reader_names_the_line():
     reader = LineReader(strict=True, source="x.txt")
     with pytest.raises(Exception, match=r"^x\.txt:2: unparseable line \(not a trace record\)"):
         list(reader.records(["# c\n", "bad\n"]))
-
-
-def test_parse_size():
-    assert parse_size("4GiB") == 4 << 30
-    assert parse_size("512M") == 512 << 20
-    assert parse_size("0x10 k") == 16 << 10
-    assert parse_size("1T") == 1 << 40
-    assert parse_size("8192") == 8192
-    assert parse_size("3B") == 3
-    with pytest.raises(Exception, match="is not a size"):
-        parse_size("1.5G")
 
 
 # --- the command ------------------------------------------------------------------------------

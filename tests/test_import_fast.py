@@ -1,4 +1,4 @@
-"""The importer's compiled fast lane (kvmcache/trace/importers/scan.py) against its Python path.
+"""The importer's compiled fast lane (kvmcache/importers/scan.py) against its Python path.
 
 The Python path is the definition of the import rules (tests/test_import.py checks it against
 hand-worked expectations); the fast lane must give exactly the same trace and summary on any
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from kvmcache.errors import KvmcacheError
-from kvmcache.trace.importers import mapping
-from kvmcache.trace.importers.mapping import Importer, ImportOptions
+from kvmcache.importers import mapping
+from kvmcache.importers.mapping import Importer, ImportOptions
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "import")
 

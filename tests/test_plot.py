@@ -10,8 +10,8 @@ import os
 import pytest
 from clirun import error_line, run
 
-from kvmcache.report import plots, sweepfmt
-from kvmcache.report.jsonfmt import replay_document
+from kvmcache.report import documents, plots, sweepfmt
+from kvmcache.report.documents import replay_document
 from kvmcache.sim import sweep
 from kvmcache.sim.replay import replay
 from kvmcache.trace import open_trace
@@ -84,7 +84,7 @@ def sweep_files(tmp_path):
     res = sweep.run_sweep([RETRY, TIGHT], ["dpamt-install", "dpamt-alloc"], grid)
     j = tmp_path / "sweep.json"
     c = tmp_path / "sweep.csv"
-    j.write_text(json.dumps(sweepfmt.sweep_document(res)))
+    j.write_text(json.dumps(documents.sweep_document(res)))
     c.write_text(sweepfmt.render_csv(res))
     return str(j), str(c), res
 

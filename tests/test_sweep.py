@@ -13,7 +13,7 @@ import pytest
 from clirun import error_line, run
 
 from kvmcache.errors import KvmcacheError
-from kvmcache.report import sweepfmt
+from kvmcache.report import documents
 from kvmcache.sim import sweep
 from kvmcache.sim.counters import COUNTERS
 from kvmcache.sim.replay import replay, resolve_params
@@ -253,7 +253,7 @@ def test_dask_backend_equals_jobs1(capsys, monkeypatch):
             grid,
             scheduler=cluster.scheduler_address,
         )
-        assert sweepfmt.sweep_document(remote) == sweepfmt.sweep_document(local)
+        assert documents.sweep_document(remote) == documents.sweep_document(local)
         assert len(remote.invalid) == 8  # capacity 8 < min_desc 14, on both traces
         # the command line through DASK_SCHEDULER_ADDRESS (no --jobs given)
         monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import click
 
 from kvmcache.config import Config, load_config
 from kvmcache.params import parse_assignments
+from kvmcache.report import formats
+from kvmcache.report.formats import Report
 from kvmcache.sim.counters import STRATEGIES
-
-if TYPE_CHECKING:
-    from rich.console import Console
 
 F = TypeVar("F", bound=Callable[..., object])
 
-FORMATS = ("table", "json", "csv")
+FORMATS = tuple(formats.FORMATS)
+resolve_format = formats.resolve_format
+out_console = formats.out_console
 
 
 def set_option(f: F) -> F:
@@ -64,13 +64,6 @@ def progress_option(f: F) -> F:
 
 def alloc_choice() -> click.Choice:
     return click.Choice(STRATEGIES)
-
-
-def resolve_format(fmt: str | None) -> str:
-    """table on a terminal, json in a pipeline, unless asked."""
-    if fmt:
-        return fmt
-    return "table" if sys.stdout.isatty() else "json"
 
 
 def load_inputs(config_path: str | None, sets: tuple[str, ...]) -> tuple[Config, dict]:
@@ -136,26 +129,17 @@ def echo_out(text: str) -> None:
     sys.stdout.flush()
 
 
-#: Width of a table written to a pipe or file (rich would use 80 columns and wrap the wide
-#: compare and sweep tables); COLUMNS, when set, still wins.
-PIPE_WIDTH = 160
+def emit(report: Report, fmt: str, output: str | None = None) -> None:
+    """Render ``report`` in format ``fmt`` to ``output`` (atomically) or standard output."""
+    text = formats.FORMATS[fmt].render(report, output is not None)
+    if text is None:  # printed to the terminal by rich
+        return
+    if output:
+        from kvmcache.atomic import write_atomic
 
-
-def out_console() -> Console:
-    """A rich console for a report on standard output."""
-    from rich.console import Console
-
-    if not sys.stdout.isatty() and not os.environ.get("COLUMNS"):
-        console = Console(width=PIPE_WIDTH)
+        write_atomic(output, text)
     else:
-        console = Console()
-    console.on_broken_pipe = _broken_pipe  # rich would exit 1 itself
-    return console
-
-
-def _broken_pipe() -> None:
-    # No errno: click would turn an EPIPE into exit 1; kvmcache.cli.main exits 0 quietly.
-    raise BrokenPipeError("standard output's reader went away")
+        echo_out(text)
 
 
 def check_outputs(outputs: dict[str, str | None], inputs: list[str | None]) -> None:

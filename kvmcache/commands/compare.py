@@ -8,6 +8,7 @@ import click
 
 from kvmcache.commands import _common as common
 from kvmcache.commands import _gates as gating
+from kvmcache.report.formats import Report
 from kvmcache.sim.counters import DEFAULT_STRATEGY
 
 
@@ -68,12 +69,14 @@ def command(
     limits: tuple[str, ...],
     require: tuple[str, ...],
 ) -> None:
-    """Replay TRACE (YAML or binary; - reads standard input) under several strategies.
+    """Replay a trace under several strategies, side by side.
+
+    Replay TRACE (YAML or binary; - reads standard input) under several strategies.
 
     The trace is read once: each chunk of events runs through one model state per
     strategy. Exit 3 when a --limit or --require fails (the report is still printed).
     """
-    from kvmcache.sim.jit import use_python
+    from kvmcache.jit import use_python
     from kvmcache.sim.replay import all_strategies_for, replay_many, resolve_params
     from kvmcache.trace import open_trace
 
@@ -90,21 +93,10 @@ def command(
     with common.progress_bar(source.header.count, not no_progress, label="compare") as progress:
         results = replay_many(source, strategies, params=params, progress=progress, threads=threads)
 
-    from kvmcache.report.compare import compare_document
+    from kvmcache.report.documents import compare_document
 
     doc = compare_document(results, reference)
     gate.check_after(doc["runs"])
-    fmt = common.resolve_format(fmt)
-    if fmt == "json":
-        from kvmcache.report.jsonfmt import dumps
-
-        common.echo_out(dumps(doc))
-    elif fmt == "csv":
-        from kvmcache.report.csvfmt import render
-
-        common.echo_out(render(results))
-    else:
-        from kvmcache.report.compare import render_compare
-
-        render_compare(results, reference, common.out_console(), all_counters=all_counters)
+    report = Report("compare", doc, results, reference=reference, all_counters=all_counters)
+    common.emit(report, common.resolve_format(fmt))
     gating.finish(gate, doc, doc["runs"])

@@ -3,19 +3,17 @@ a binary trace plus an `OUT.import.yaml` sidecar. The rules are in docs/import.m
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
 import yaml
 
-from kvmcache.atomic import atomic_open, output_target, refuse_overwriting_inputs
 from kvmcache.errors import KvmcacheError
-from kvmcache.trace import import_sidecar_path
-from kvmcache.trace.binary import BinaryWriter
-from kvmcache.trace.importers.mapping import PFN_MAPS, ImportOptions, ImportStats, parse_size
-from kvmcache.trace.importers.sources import import_paths
-from kvmcache.trace.importers.text import FORMATS, SKIP_REASONS
+from kvmcache.importers.mapping import PFN_MAPS, ImportOptions, ImportStats
+from kvmcache.importers.sources import import_paths
+from kvmcache.importers.text import FORMATS, SKIP_REASONS
+from kvmcache.trace.output import TraceOutput
+from kvmcache.trace.sizes import parse_size
 
 PAGE_SIZE = 4096
 
@@ -29,14 +27,13 @@ def _limit(text: str | None, option: str) -> int | None:
     return pages
 
 
-def _write_sidecar(path: str, stats: ImportStats) -> None:
+def _sidecar_text(stats: ImportStats) -> str:
     doc = {
         "source": list(stats.sources),
         "producer": stats.producer,
         "vcpu_map": dict(stats.vcpu_map),
     }
-    with atomic_open(path, "w") as f:
-        yaml.safe_dump(doc, f, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
 def summary(stats: ImportStats, header_line: str) -> str:
@@ -68,7 +65,13 @@ def summary(stats: ImportStats, header_line: str) -> str:
 
 @click.command(name="import")
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
-@click.option("-o", "--output", required=True, metavar="OUT.kvmt", help="Binary trace to write.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    metavar="OUT",
+    help="Trace to write: binary, or YAML if .yaml/.yml.",
+)
 @click.option(
     "--format",
     "fmt",
@@ -122,7 +125,9 @@ def command(
     strict: bool,
     force: bool,
 ) -> None:
-    """Import recorded KVM traces (ftrace, trace-cmd report, perf script) into OUT.kvmt.
+    """Import recorded kernel traces (ftrace, trace-cmd, perf).
+
+    Import recorded KVM traces (ftrace, trace-cmd report, perf script) into OUT.kvmt.
 
     INPUT is a text file (optionally .gz, .xz, .bz2 or .zst), `-` for standard input, or a
     binary trace.dat / perf.data (rendered with trace-cmd report / perf script).
@@ -141,20 +146,10 @@ def command(
     options.check()
     if inputs.count("-") > 1:
         raise KvmcacheError("standard input (-) can be given only once")
-    if output == "-":
-        raise KvmcacheError("import: OUT must be a file path, not standard output")
-    in_place = output_target(output)[1]  # refuses a directory; a device or FIFO: no sidecar
-    refuse_overwriting_inputs(output, list(inputs), "the trace")
-    if os.path.lexists(output) and not force:
-        raise KvmcacheError(f"{output}: already exists; use --force to overwrite it")
-    side = import_sidecar_path(output)
-    if not in_place and os.path.lexists(side) and not force:
-        raise KvmcacheError(f"{side}: already exists; use --force to overwrite it")
+    target = TraceOutput(output, command="import", force=force, inputs=list(inputs))
     header, events, stats = import_paths(inputs, options)
-    with BinaryWriter(output, header) as writer:
-        writer.write(events)
-    if not in_place:
-        _write_sidecar(side, stats)
+    target.write(header, [events], params=header.params)
+    target.finish({"import": _sidecar_text(stats)})
     line = (
         f"wrote {output}: {len(events)} events, vm {header.vm_type}, root level "
         f"{header.root_level}, gfn_limit 0x{header.gfn_limit:x}, "

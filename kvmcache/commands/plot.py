@@ -34,7 +34,9 @@ _FORMATS = ("png", "svg", "html", "table")
 def command(
     inputs: tuple[str, ...], output: str | None, fmt: str | None, title: str | None
 ) -> None:
-    """Chart INPUT files, recognised by content: a timeline CSV (replay --timeline), a sweep
+    """Chart a timeline, sweep or compare result.
+
+    Chart INPUT files, recognised by content: a timeline CSV (replay --timeline), a sweep
     result (JSON or CSV) or a compare/replay result (JSON, or CSV). Several inputs must be of
     one kind; several timelines draw one line per file and strategy.
 

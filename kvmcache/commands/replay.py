@@ -6,6 +6,7 @@ import click
 
 from kvmcache.commands import _common as common
 from kvmcache.commands import _gates as gating
+from kvmcache.report.formats import Report
 from kvmcache.sim.counters import DEFAULT_STRATEGY
 
 
@@ -51,11 +52,13 @@ def command(
     limits: tuple[str, ...],
     require: tuple[str, ...],
 ) -> None:
-    """Replay TRACE (YAML or binary; - reads standard input) under one strategy.
+    """Replay a trace through the model under one allocation strategy.
+
+    Replay TRACE (YAML or binary; - reads standard input) under one strategy.
 
     Exit 3 when a --limit or --require fails (the report is still printed).
     """
-    from kvmcache.sim.jit import use_python
+    from kvmcache.jit import use_python
     from kvmcache.sim.replay import replay, resolve_params
     from kvmcache.trace import open_trace
 
@@ -82,19 +85,9 @@ def command(
         from kvmcache.report.timeline import write_timeline
 
         write_timeline(timeline_path, [result])
-    from kvmcache.report.jsonfmt import dumps, replay_document
+    from kvmcache.report.documents import replay_document
 
     doc = replay_document(result)
     gate.check_after([doc])
-    fmt = common.resolve_format(fmt)
-    if fmt == "json":
-        common.echo_out(dumps(doc))
-    elif fmt == "csv":
-        from kvmcache.report.csvfmt import render
-
-        common.echo_out(render([result]))
-    else:
-        from kvmcache.report.table import render_replay
-
-        render_replay(result, common.out_console())
+    common.emit(Report("replay", doc, [result]), common.resolve_format(fmt))
     gating.finish(gate, doc, [doc])

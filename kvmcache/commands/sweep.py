@@ -11,8 +11,7 @@ import click
 
 from kvmcache.commands import _common as common
 from kvmcache.errors import KvmcacheError
-
-_EXT_FORMATS = {".json": "json", ".csv": "csv", ".txt": "table"}
+from kvmcache.report.formats import Report, format_for
 
 
 @contextmanager
@@ -128,7 +127,9 @@ def command(
     strict: bool,
     no_progress: bool,
 ) -> None:
-    """Replay every TRACE under every --alloc at every point of the --grid.
+    """Replay parameter grids x strategies x traces, in parallel.
+
+    Replay every TRACE under every --alloc at every point of the --grid.
 
     Parameters merge as defaults < trace params < --config < --set < grid point. A point
     with invalid parameters is reported (invalid, with the reason), not fatal; the sweep
@@ -153,7 +154,7 @@ def command(
     grid = sweep_mod.parse_grid(grids)
     config, overrides = common.load_inputs(config_path, sets)
     if fmt is None and output:
-        fmt = _EXT_FORMATS.get(os.path.splitext(output)[1].lower(), "table")
+        fmt = format_for(output)
     fmt = common.resolve_format(fmt)
 
     with points_progress(not no_progress) as (on_start, on_done):
@@ -176,22 +177,8 @@ def command(
             f"first: {first.trace} {first.alloc}: {first.error}"
         )
 
-    from kvmcache.report import sweepfmt
+    from kvmcache.report.documents import sweep_document
 
-    if fmt == "json":
-        from kvmcache.report.jsonfmt import dumps
-
-        text = dumps(sweepfmt.sweep_document(result, sort_by)) + "\n"
-    elif fmt == "csv":
-        text = sweepfmt.render_csv(result, sort_by)
-    elif output or not sys.stdout.isatty():  # a file or a pipe: plain text, wide enough
-        text = sweepfmt.table_text(result, sort_by)
-    else:
-        sweepfmt.render_table(result, common.out_console(), sort_by)
-        return
-    if output:
-        from kvmcache.atomic import write_atomic
-
-        write_atomic(output, text)
-    else:
-        common.echo_out(text)
+    doc = sweep_document(result, sort_by) if fmt == "json" else {}
+    report = Report("sweep", doc, sweep=result, sort_by=sort_by)
+    common.emit(report, fmt, output)

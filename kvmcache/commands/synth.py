@@ -12,7 +12,7 @@ from kvmcache.errors import KvmcacheError
 
 # The library (and numba with it) is imported only when the command runs, so that
 # `kvmcache synth --help` stays fast; the defaults shown here are those of
-# kvmcache.trace.synth.generate().
+# kvmcache.synth.generator.generate().
 
 _BACKINGS = ("hugepage", "4k-contiguous", "4k-random")
 
@@ -106,7 +106,9 @@ def command(
     jitter: float | None,
     force: bool,
 ) -> None:
-    """Write a synthetic trace of SCENARIO to OUT; the same arguments give the same file.
+    """Write a synthetic guest-fault trace.
+
+    Write a synthetic trace of SCENARIO to OUT; the same arguments give the same file.
 
     \b
     Examples:
@@ -115,7 +117,8 @@ def command(
       kvmcache synth scatter -o best.kvmt --backing hugepage
       kvmcache synth churn -o churn.yaml --events 300
     """
-    from kvmcache.trace import synth
+    from kvmcache.synth import generator as synth
+    from kvmcache.trace.output import TraceOutput
 
     if list_scenarios:
         width = max(len(name) for name in synth.SCENARIOS)
@@ -144,12 +147,11 @@ def command(
         if value is not None:
             kwargs[name] = value
     header, blocks = synth.generate(scenario, **kwargs)  # type: ignore[arg-type]
-    synth.check_output(out, force=force, events=header.count)
+    target = TraceOutput(out, command="synth", force=force, events=header.count)
 
     start = time.perf_counter()
-    n = synth.write(out, header, blocks)
-    if not synth.is_yaml_path(out):
-        _drop_stale_sidecar(out)
+    n = synth.write(out, header, blocks, target)
+    target.finish()
     elapsed = time.perf_counter() - start
     size = os.path.getsize(out)
     size_text = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
@@ -159,12 +161,3 @@ def command(
         f"in {elapsed:.2f} s{speed}",
         file=sys.stderr,
     )
-
-
-def _drop_stale_sidecar(out: str) -> None:
-    """A synthetic trace has no model parameters: a sidecar of an overwritten trace must go."""
-    from kvmcache.trace import sidecar_path
-
-    side = sidecar_path(out)
-    if os.path.lexists(side):
-        os.unlink(side)

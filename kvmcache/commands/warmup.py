@@ -12,7 +12,9 @@ import click
 
 @click.command("warmup")
 def command() -> None:
-    """Compile every jitted function now so the first real run starts warm.
+    """Compile the replay kernels ahead of time (for CI images).
+
+    Compile every jitted function now so the first real run starts warm.
 
     numba caches the machine code next to the package (``cache=True``); this runs a tiny
     trace through every strategy from memory and from a memory-mapped binary file (a
@@ -40,8 +42,8 @@ def command() -> None:
         path = os.path.join(d, "warmup.kvmt")
         write_binary(path, header, ev)
         replay_many(open_trace(path), list(STRATEGIES))
-    from kvmcache.trace import synth
-    from kvmcache.trace.importers.mapping import Importer
+    from kvmcache.importers.mapping import Importer
+    from kvmcache.synth import generator as synth
 
     for scenario in synth.SCENARIOS:
         for _ in synth.generate(scenario, events=64, seed=1, vcpus=2)[1]:

@@ -1,10 +1,9 @@
-"""Side-by-side reports of one trace under several strategies: JSON document and rich table."""
+"""Side-by-side table of one trace under several strategies (the JSON document is in documents.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from rich import box
 from rich.console import Console
@@ -13,13 +12,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from kvmcache import __version__
-from kvmcache.report.jsonfmt import replay_document, trace_info
 from kvmcache.report.table import duration, fmt_int, page_seconds
+from kvmcache.results import VERDICTS, ReplayResult, verdict
 from kvmcache.sim.counters import COUNTERS
-from kvmcache.sim.replay import ReplayResult
-
-COMPARE_SCHEMA = "kvmcache.compare/1"
 
 #: The figures of the default table: (label, counter). Lower is better for all of them.
 KEY_FIGURES: tuple[tuple[str, str], ...] = (
@@ -39,34 +34,6 @@ KEY_FIGURES: tuple[tuple[str, str], ...] = (
     ("fault retries", "fault_retries"),
 )
 KEY_LABELS: dict[str, str] = {c: label for label, c in KEY_FIGURES}
-
-
-# --------------------------------------------------------------------------- JSON
-
-
-def deltas(results: Sequence[ReplayResult], reference: str) -> dict[str, dict[str, int]]:
-    """value - reference value, for every counter of every run (the reference's are all 0)."""
-    ref = _reference(results, reference)
-    return {r.alloc: {c: r.counters[c] - ref.counters[c] for c in COUNTERS} for r in results}
-
-
-def compare_document(results: Sequence[ReplayResult], reference: str) -> dict[str, Any]:
-    """Several runs of one trace as the `kvmcache.compare/1` document."""
-    return {
-        "schema": COMPARE_SCHEMA,
-        "version": __version__,
-        "trace": trace_info(results[0]),
-        "reference": reference,
-        "runs": [replay_document(r) for r in results],
-        "deltas": deltas(results, reference),
-    }
-
-
-def _reference(results: Sequence[ReplayResult], reference: str) -> ReplayResult:
-    for r in results:
-        if r.alloc == reference:
-            return r
-    raise ValueError(f"reference strategy {reference} is not among the runs")
 
 
 # --------------------------------------------------------------------------- table
@@ -178,13 +145,11 @@ def build_table(
         else:
             t.add_row(row.label, *cells)
     t.add_section()
-    for label, attr, behind in (
-        ("spinlock-safe", "spinlock_safe", "alloc_under_lock, fault_retries"),
-        ("balanced", "balanced", "refcount_underflow, leaked_ranges"),
-    ):
+    for attr, counters in VERDICTS.items():
+        label, behind = attr.replace("_", "-"), ", ".join(counters)
         cells = [
             Text("yes", style="bold green")
-            if getattr(results[i], attr)
+            if verdict(results[i].counters)[attr]
             else Text("NO", style="bold red")
             for i in order
         ]

@@ -7,8 +7,8 @@ import io
 from collections.abc import Iterable, Sequence
 
 from kvmcache.params import PARAMS
+from kvmcache.results import VERDICTS, ReplayResult, verdict
 from kvmcache.sim.counters import COUNTERS, FAULT_PAGES_BUCKETS
-from kvmcache.sim.replay import ReplayResult
 
 
 def columns(extra: Sequence[str] = ()) -> list[str]:
@@ -18,7 +18,7 @@ def columns(extra: Sequence[str] = ()) -> list[str]:
         + [p.name for p in PARAMS]
         + list(COUNTERS)
         + [f"fault_pages_{i}" for i in range(FAULT_PAGES_BUCKETS)]
-        + ["spinlock_safe", "balanced"]
+        + list(VERDICTS)
     )
 
 
@@ -32,7 +32,7 @@ def row(result: ReplayResult, extra: Sequence[object] = ()) -> list[object]:
         + params
         + [result.counters[c] for c in COUNTERS]
         + list(result.histograms["fault_pages"])
-        + [str(result.spinlock_safe).lower(), str(result.balanced).lower()]
+        + [str(ok).lower() for ok in verdict(result.counters).values()]
     )
 
 

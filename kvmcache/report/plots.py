@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -20,12 +19,15 @@ from typing import Any
 
 from kvmcache.errors import KvmcacheError, reading
 from kvmcache.params import PARAMS
-from kvmcache.report.timeline import TIMELINE_COLUMNS
+from kvmcache.report.documents import COMPARE_SCHEMA, REPLAY_SCHEMA, SWEEP_SCHEMA, parse_document
+from kvmcache.results import TIMELINE_COLUMNS, spinlock_cost
 from kvmcache.sim.counters import COUNTERS, STRATEGIES
 
 PLOT_HINT = "pip install 'kvmcache[plot]'"
 IMAGE_FORMATS = ("png", "svg", "html")
 KINDS = ("timeline", "sweep", "compare")
+#: The JSON documents this module plots.
+PLOT_SCHEMAS = (SWEEP_SCHEMA, COMPARE_SCHEMA, REPLAY_SCHEMA)
 
 #: Timeline panels: CSV column -> panel title.
 TIMELINE_FIGURES: dict[str, str] = {
@@ -120,41 +122,21 @@ def _int(path: str, row: int, col: str, value: str) -> int:
         raise KvmcacheError(f"{path}: row {row}: {col} is not an integer: {value!r}") from None
 
 
-def _run_from_document(path: str, doc: Any, i: int) -> Run:
-    try:
-        counters = doc["counters"]
-        trace = doc["trace"]["path"] if isinstance(doc.get("trace"), dict) else str(doc["trace"])
-        return Run(
-            trace=str(trace),
-            alloc=str(doc["alloc"]),
-            params=dict(doc.get("params") or {}),
-            counters={k: int(v) for k, v in counters.items()},
-            pareto=bool(doc.get("pareto", False)),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError):
-        raise KvmcacheError(f"{path}: runs[{i}] is not a kvmcache replay document") from None
+def _run_from_document(doc: dict[str, Any]) -> Run:
+    """A run of a replay document checked by :func:`~kvmcache.report.documents.parse_document`."""
+    return Run(
+        trace=str(doc["trace"].get("path")),
+        alloc=doc["alloc"],
+        params=dict(doc["params"]),
+        counters=dict(doc["counters"]),
+        pareto=bool(doc.get("pareto", False)),
+    )
 
 
 def _parse_json(path: str, text: str) -> PlotData:
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise KvmcacheError(f"{path}: invalid JSON: {e.msg} (line {e.lineno})") from None
-    except RecursionError:
-        raise KvmcacheError(f"{path}: invalid JSON: nested too deeply") from None
-    schema = doc.get("schema") if isinstance(doc, dict) else None
-    if schema == "kvmcache.replay/1":
-        return PlotData("compare", [path], runs=[_run_from_document(path, doc, 0)])
-    if schema not in ("kvmcache.sweep/1", "kvmcache.compare/1"):
-        raise KvmcacheError(
-            f"{path}: not a kvmcache result this command can plot (schema {schema!r}; expected "
-            "kvmcache.sweep/1, kvmcache.compare/1 or kvmcache.replay/1)"
-        )
-    runs_doc = doc.get("runs")
-    if not isinstance(runs_doc, list):
-        raise KvmcacheError(f"{path}: {schema} document without a runs list")
-    runs = [_run_from_document(path, r, i) for i, r in enumerate(runs_doc)]
-    if schema == "kvmcache.compare/1":
+    schema, doc, runs_doc = parse_document(path, text, PLOT_SCHEMAS, "plot input")
+    runs = [_run_from_document(r) for r in runs_doc]
+    if schema != SWEEP_SCHEMA:
         return PlotData("compare", [path], runs=runs)
     for i, run in enumerate(runs):
         _require_counters(path, f"runs[{i}].counters", run.counters)
@@ -272,7 +254,7 @@ def load(paths: Sequence[str]) -> PlotData:
 
 def lock_cost(counters: dict[str, int]) -> int:
     """Allocations under mmu_lock plus fault retries: the spinlock-safety cost of a run."""
-    return counters["alloc_under_lock"] + counters["fault_retries"]
+    return spinlock_cost(counters)
 
 
 def front_2d(points: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:

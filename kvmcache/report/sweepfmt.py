@@ -1,24 +1,20 @@
-"""Sweep reports: the ``kvmcache.sweep/1`` JSON document, CSV rows and a ranked rich table."""
+"""Sweep reports: CSV rows and a ranked rich table (the JSON document is in documents.py)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import os
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from kvmcache import __version__
 from kvmcache.params import PARAMS
 from kvmcache.report import csvfmt
-from kvmcache.report.jsonfmt import replay_document
+from kvmcache.results import VERDICTS
 from kvmcache.sim.counters import COUNTERS, FAULT_PAGES_BUCKETS
 from kvmcache.sim.sweep import PARETO_OBJECTIVES, PointResult, SweepResult, rank, sort_key
-
-SWEEP_SCHEMA = "kvmcache.sweep/1"
 
 #: Counters the table shows for every point (the sort counter is added when it is another).
 KEY_COUNTERS: tuple[str, ...] = (
@@ -36,32 +32,6 @@ def _param_text(v: int | bool) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
 
 
-def sweep_document(sweep: SweepResult, by: str = "cache_pages_idle_peak") -> dict[str, Any]:
-    """The ``kvmcache.sweep/1`` document: runs ranked by ``by``, then the invalid points."""
-    runs = []
-    invalid = []
-    for p in rank(sweep.points, by):
-        if p.result is not None:
-            doc = replay_document(p.result)
-            doc["pareto"] = p.pareto
-            runs.append(doc)
-        else:
-            invalid.append(
-                {"trace": p.trace, "alloc": p.alloc, "params": dict(p.params), "error": p.error}
-            )
-    return {
-        "schema": SWEEP_SCHEMA,
-        "version": __version__,
-        "grid": {k: list(v) for k, v in sweep.grid.items()},
-        "traces": list(sweep.traces),
-        "allocs": {t: list(a) for t, a in sweep.allocs.items()},
-        "sort": by,
-        "pareto_objectives": list(PARETO_OBJECTIVES),
-        "runs": runs,
-        "invalid": invalid,
-    }
-
-
 CSV_EXTRA = ("status", "pareto", "error")
 
 
@@ -72,7 +42,7 @@ def csv_columns() -> list[str]:
 
 def _invalid_row(p: PointResult) -> list[object]:
     params = [_param_text(p.params[q.name]) if q.name in p.params else "" for q in PARAMS]
-    blanks = [""] * (len(COUNTERS) + FAULT_PAGES_BUCKETS + 2)
+    blanks = [""] * (len(COUNTERS) + FAULT_PAGES_BUCKETS + len(VERDICTS))
     return [p.trace, p.alloc, "", "invalid", "false", p.error or "", *params, *blanks]
 
 

@@ -7,8 +7,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from kvmcache.results import ReplayResult
 from kvmcache.sim.counters import CACHES
-from kvmcache.sim.replay import ReplayResult
 
 SPARK = " ▁▂▃▄▅▆▇█"
 

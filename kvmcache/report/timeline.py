@@ -6,19 +6,7 @@ import csv
 from collections.abc import Sequence
 
 from kvmcache.atomic import atomic_open
-from kvmcache.sim.replay import ReplayResult
-
-#: CSV columns after `alloc`, in the kernel's T_* order.
-TIMELINE_COLUMNS = (
-    "event",
-    "ts",
-    "pages_live",
-    "cache_pages_idle",
-    "pamt_pairs_live",
-    "alloc_under_lock",
-    "fault_retries",
-    "pages_allocated",
-)
+from kvmcache.results import TIMELINE_COLUMNS, ReplayResult
 
 
 def default_every(count: int | None, rows: int = 1000) -> int:

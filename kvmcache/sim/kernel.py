@@ -18,10 +18,22 @@ arrays cost a few nanoseconds. Section numbers in comments refer to MODEL.md.
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
-from kvmcache.sim.counters import COUNTERS, N_COUNTERS
-from kvmcache.sim.jit import njit
+from kvmcache.jit import njit
+from kvmcache.results import TIMELINE_COLUMNS
+from kvmcache.sim.counters import (
+    CACHES,
+    COUNTERS,
+    FAULT_LATENCY_BUCKETS,
+    FAULT_PAGES_BUCKETS,
+    HISTOGRAMS,
+    N_COUNTERS,
+    STRATEGIES,
+)
+from kvmcache.trace.events import MAX_VCPUS as TRACE_MAX_VCPUS
 from kvmcache.trace.events import (
     OP_FAULT,
     OP_SPLIT,
@@ -277,10 +289,27 @@ C_UNDERFLOW = _I["refcount_underflow"]
 C_LEAKED = _I["leaked_ranges"]
 C_CONTENDED = _I["pamt_lock_contended"]
 assert _I["desc_topups"] + 6 * 5 - 1 == _I["pamt_held_end"]
-#: numba caches compiled code per source file: if counters.py changes but this file does
-#: not, a stale cache would index old counter positions. finish() stores this value as
-#: compiled; the driver compares it with the value computed by Python now.
-LAYOUT = N_COUNTERS * 1000 + CB * 10 + FIXED % 10 + N_U * 100000
+# Codes that follow the order of tuples elsewhere: a reordered or extended tuple fails here.
+_STRATS = ("none", "dpamt-install", "dpamt-alloc", "dpamt-pair", "dpamt-prealloc")
+assert (S_NONE, S_INSTALL, S_ALLOC, S_PAIR, S_PREALLOC) == tuple(map(STRATEGIES.index, _STRATS))
+assert len(STRATEGIES) == len(_STRATS)
+_CACHES = ("desc", "header", "spt", "sept", "pamt")
+assert (K_DESC, K_HEADER, K_SPT, K_SEPT, K_PAMT) == tuple(map(CACHES.index, _CACHES))
+assert N_T == len(TIMELINE_COLUMNS) and HB + FAULT_PAGES_BUCKETS <= HB_LAT
+assert HB_LAT + FAULT_LATENCY_BUCKETS <= FIXED
+assert MAX_VCPUS == TRACE_MAX_VCPUS
+#: numba caches compiled code per source file: if counters.py (or another module this file
+#: takes indices and codes from) changes but this file does not, a stale cache would index
+#: old positions. finish() stores this value as compiled; the driver compares it with the
+#: value computed by Python now. It folds in every index and code the kernel depends on.
+LAYOUT = zlib.crc32(
+    repr(
+        (COUNTERS, STRATEGIES, CACHES, HISTOGRAMS, FAULT_PAGES_BUCKETS, TIMELINE_COLUMNS)
+        + (FAULT_LATENCY_BUCKETS, HB_LAT, N_U)
+        + (OP_FAULT, OP_SPLIT, OP_UNMAP, OP_VCPU_CREATE, OP_VCPU_DESTROY, OP_VM_CREATE)
+        + (CB, HB, FIXED, N_T)
+    ).encode()
+)
 
 U64_MAX = np.uint64(0xFFFFFFFFFFFFFFFF)
 LAT_128 = np.uint64(128)

@@ -11,12 +11,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from kvmcache import params as params_mod
 from kvmcache.errors import EXIT_INTERNAL, KvmcacheError
+from kvmcache.results import ReplayResult
 from kvmcache.sim.counters import (
     COUNTERS,
     DEFAULT_STRATEGY,
@@ -27,31 +27,6 @@ from kvmcache.trace import TraceSource
 from kvmcache.trace.events import TraceHeader
 
 Progress = Callable[[int], None]
-
-
-@dataclass
-class ReplayResult:
-    """What one replay of one trace under one strategy computed."""
-
-    alloc: str  # the strategy asked for
-    effective_alloc: str  # what ran ("none" for every strategy on a vmx trace)
-    params: dict[str, int | bool]
-    header: TraceHeader
-    counters: dict[str, int]
-    histograms: dict[str, list[int]]
-    elapsed: float = 0.0
-    timeline: np.ndarray | None = None  # rows of kernel.T_* columns
-    notes: list[str] = field(default_factory=list)
-    ts_first: int | None = None
-    ts_last: int | None = None
-
-    @property
-    def spinlock_safe(self) -> bool:
-        return self.counters["alloc_under_lock"] == 0 and self.counters["fault_retries"] == 0
-
-    @property
-    def balanced(self) -> bool:
-        return self.counters["refcount_underflow"] == 0 and self.counters["leaked_ranges"] == 0
 
 
 def pamt_bytes_peak(
@@ -155,7 +130,9 @@ class _Run:
         if code == K.E_AFTER_DESTROY:
             return f"{where}: event after vm_destroy (a trace describes one VM)"
         if code == K.E_BAD_VCPU:
-            return f"{where}: vcpu {int(chunk['vcpu'][i])} is out of range (must be < 65536)"
+            return (
+                f"{where}: vcpu {int(chunk['vcpu'][i])} is out of range (must be < {K.MAX_VCPUS})"
+            )
         if code == K.E_BAD_OP:
             return f"{where}: unknown op code {int(chunk['op'][i])}"
         if code == K.E_KERNEL_PAGES:

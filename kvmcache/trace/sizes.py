@@ -22,3 +22,28 @@ def size_bytes(text: str, *, unit_required: bool) -> int | None:
     number = int(digits, 16) if digits[:2].lower() == "0x" else int(digits, 10)
     unit = (m.group(2) or "b").lower()
     return number << _SHIFT[unit[0]]
+
+
+def not_a_size(what: str, text: object) -> str:
+    """The one message for a value that is not a size."""
+    return (
+        f"{what} {text!r} is not a size (a decimal or 0x number and a unit "
+        "B, K/KB/KiB, M/MB/MiB, G/GB/GiB or T/TB/TiB)"
+    )
+
+
+def parse_size(text: str | int, what: str = "size") -> int:
+    """Bytes of a command-line size such as ``4GiB``, ``512M``, ``0x1000 K`` or ``4096`` (a
+    bare number is bytes), or of a non-negative int; anything else is a usage error."""
+    from kvmcache.errors import KvmcacheError
+
+    if isinstance(text, bool):
+        raise KvmcacheError(not_a_size(what, text))
+    if isinstance(text, int):
+        if text < 0:
+            raise KvmcacheError(f"{what} {text} is negative")
+        return text
+    size = size_bytes(str(text), unit_required=False)
+    if size is None:
+        raise KvmcacheError(not_a_size(what, text))
+    return size

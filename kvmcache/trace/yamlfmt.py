@@ -35,7 +35,7 @@ from kvmcache.trace.events import (
     VM_TYPES,
     TraceHeader,
 )
-from kvmcache.trace.sizes import size_bytes
+from kvmcache.trace.sizes import not_a_size, size_bytes
 from kvmcache.yamlio import BINARY_TEXT, DuplicateKey, UniqueKeyLoader, read_text_file, yaml_error
 
 #: The C loader when PyYAML was built with libyaml (same YAML 1.1 rules, much faster),
@@ -102,10 +102,7 @@ def parse_size(value: Any, key: str) -> int:
         return value
     size = size_bytes(value, unit_required=True)
     if size is None:
-        raise _Problem(
-            f"{key} {value!r} is not a size (a decimal or 0x number and a unit "
-            "B, K/KB/KiB, M/MB/MiB, G/GB/GiB or T/TB/TiB)"
-        )
+        raise _Problem(not_a_size(key, value))
     return size
 
 

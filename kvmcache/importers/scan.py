@@ -7,7 +7,7 @@ per line, printable ASCII, in the layout the Python lane tries first (ftrace / t
 `COMM-PID [(TGID)] [CPU] [FLAGS] SECONDS.FRACTION: EVENT: TEXT`, or perf script
 `COMM [PID/]TID [CPU] SECONDS.FRACTION: [PERIOD] SYS:EVENT: TEXT`), of an event name and a
 thread the importer already knows, with no vCPU change. It applies exactly the rules of
-:meth:`Importer._consume <kvmcache.trace.importers.mapping.Importer._consume>` to those lines
+:meth:`Importer._consume <kvmcache.importers.mapping.Importer._consume>` to those lines
 (counting them and emitting their events) and hands every other line back to the Python lane,
 which stays the one definition of the rules: a line it cannot classify alone (a new thread, a
 vCPU change, an event name not seen yet, a header, a wrapped or stack line, an unparseable
@@ -15,15 +15,15 @@ record, the other layout) ends the fast run, and the Python reader takes over un
 plain record. A record is only taken here when the line after it is a plain record too, so no
 continuation line can belong to it. See docs/import.md, section 7.
 
-numba is imported by this module only, and only when an import is large enough to use it.
+numba (through :mod:`kvmcache.jit`) is loaded only when an import is large enough to use it.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
-from kvmcache.trace.importers.mapping import (
+from kvmcache.importers.rules import (
+    C_ASK,
     C_KVM,
     C_MMU,
     C_PF,
@@ -31,14 +31,21 @@ from kvmcache.trace.importers.mapping import (
     C_SPTE_CHG,
     C_SPTE_REQ,
     C_UNKNOWN,
+    FRACTION_SCALE,
     K_FAULT,
     K_PF,
     K_SPLIT,
     K_UNMAP,
+    MAX_SECONDS,
+    NONPRESENT_SPTES,
+    REMOVED_SPTES,
+    SPTE_PAGE_SIZE,
+    SPTE_PERM_MASK,
 )
+from kvmcache.jit import NO_NRT, njit
 
 #: Every function: cached on disk, GIL released, no reference counting (nothing allocates).
-_jit = njit(cache=True, nogil=True, _nrt=False)
+_jit = njit(**NO_NRT)
 
 # Status of scan().
 ST_MORE = 0  # the block is used up (R_POS: the first line not taken; carry it over)
@@ -85,16 +92,16 @@ F_TOK = 2 * NF  # token spans of the line being mapped (start, end), up to MAX_T
 MAX_TOKENS = 11
 F_SIZE = F_TOK + 2 * MAX_TOKENS
 
-# Event classes in the name table are the mapping's C_*, plus one that sends the line to the
-# Python path (a KVM / kvmmmu name the Python reader would not look at on every line).
-C_ASK = max(C_UNKNOWN, C_KVM, C_MMU, C_SPTE_REQ, C_SPTE_CHG, C_SPLIT, C_PF) + 1
+# Event classes in the name table are the rules' C_*, C_ASK included (it sends the line to
+# the Python path).
+assert C_ASK > max(C_UNKNOWN, C_KVM, C_MMU, C_SPTE_REQ, C_SPTE_CHG, C_SPLIT, C_PF)
 
 # Output columns (the event kinds are the mapping's K_*).
 U_TS, U_GFN, U_PFN = range(3)  # out_u rows (uint64)
 I_KIND, I_LEVEL, I_VCPU, I_THREAD, I_LINE = range(5)  # out_i rows (int64)
 
-_SCALE = np.array([0] + [10 ** (9 - n) for n in range(1, 10)], dtype=np.int64)
-_MAX_SEC = 9_000_000_000  # seconds * 1e9 + fraction stays below 2**63
+_SCALE = np.array(FRACTION_SCALE, dtype=np.int64)
+_MAX_SEC = MAX_SECONDS
 
 _L_GFN = np.frombuffer(b"gfn", dtype=np.uint8)
 _L_PFN = np.frombuffer(b"pfn", dtype=np.uint8)
@@ -108,12 +115,10 @@ _L_ADDRESS = np.frombuffer(b"address", dtype=np.uint8)
 _L_STACK = np.frombuffer(b"stack", dtype=np.uint8)
 
 _U0 = np.uint64(0)
-_SPTE_PERM = np.uint64(0x7)
-_SPTE_PAGE = np.uint64(0x80)
-_NP_A = np.uint64(0)
-_NP_B = np.uint64(1 << 63)
-_RM_A = np.uint64(0x5A0)
-_RM_B = np.uint64((1 << 63) | 0x5A0)
+_SPTE_PERM = np.uint64(SPTE_PERM_MASK)
+_SPTE_PAGE = np.uint64(SPTE_PAGE_SIZE)
+_NP_A, _NP_B = (np.uint64(v) for v in sorted(NONPRESENT_SPTES))
+_RM_A, _RM_B = (np.uint64(v) for v in sorted(REMOVED_SPTES))
 
 
 # --- bytes -------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Recorded KVM trace records -> kvmcache events: the mapping rules of docs/import.md.
 
 :class:`Importer` consumes the records of one or more inputs (see
-:mod:`kvmcache.trace.importers.text`), keeps per-thread vCPU attribution, accumulates
+:mod:`kvmcache.importers.text`), keeps per-thread vCPU attribution, accumulates
 candidate events into numpy blocks and, in :meth:`Importer.finish`, decides the fault
 source, resolves vCPUs, applies the private/shared rules, sorts by time and sizes the VM.
 """
@@ -16,6 +16,32 @@ from typing import BinaryIO
 import numpy as np
 
 from kvmcache.errors import KvmcacheError
+from kvmcache.importers.rules import (
+    C_ASK,
+    C_KVM,
+    C_MMU,
+    C_PF,
+    C_SPLIT,
+    C_SPTE_CHG,
+    C_SPTE_REQ,
+    C_UNKNOWN,
+    FRACTION_SCALE,
+    K_FAULT,
+    K_PF,
+    K_SPLIT,
+    K_UNMAP,
+    NONPRESENT_SPTES,
+    REMOVED_SPTES,
+    SPTE_PAGE_SIZE,
+    SPTE_PERM_MASK,
+)
+from kvmcache.importers.text import (
+    FORMATS,
+    KVM_KEYWORDS,
+    SKIP_STACK,
+    SKIP_UNKNOWN,
+    LineReader,
+)
 from kvmcache.trace.events import (
     EVENT_DTYPE,
     FLAG_PRIVATE,
@@ -29,14 +55,6 @@ from kvmcache.trace.events import (
     OP_UNMAP,
     TraceHeader,
 )
-from kvmcache.trace.importers.text import (
-    FORMATS,
-    KVM_KEYWORDS,
-    SKIP_STACK,
-    SKIP_UNKNOWN,
-    LineReader,
-)
-from kvmcache.trace.sizes import size_bytes
 
 PFN_MAPS = ("identity", "hugepage", "random")
 SHARED_BITS = (47, 51)
@@ -53,19 +71,9 @@ READ_BYTES = 4 << 20
 #: it, loading numba (about 0.6 s) costs more than the fast lane saves.
 FAST_MIN_BYTES = 8 << 20
 
-#: SPTE values that mean "not present" when they replace a leaf: 0 and the suppress-#VE
-#: non-present value; 0x5a0 (and with bit 63) marks a child of a removed (zapped) table.
-NONPRESENT_SPTES = frozenset((0, 1 << 63))
-REMOVED_SPTES = frozenset((0x5A0, (1 << 63) | 0x5A0))
-_SPTE_PERM_MASK = 0x7  # EPT R/W/X (NPT: bit 0, present, is inside this mask too)
-_SPTE_PAGE_SIZE = 0x80  # bit 7: a leaf at level 2 or 3
-
-# Candidate kinds (internal; K_PF are the fallback faults from kvm_page_fault).
-K_FAULT, K_UNMAP, K_SPLIT, K_PF = 1, 2, 3, 4
 _KIND_OP = np.array([0, OP_FAULT, OP_UNMAP, OP_SPLIT, OP_FAULT], dtype=np.uint8)
 
 # Record classes.
-C_UNKNOWN, C_KVM, C_MMU, C_SPTE_REQ, C_SPTE_CHG, C_SPLIT, C_PF = range(7)
 _MAPPED = {
     "kvm_mmu_spte_requested": C_SPTE_REQ,
     "kvm_tdp_mmu_spte_changed": C_SPTE_CHG,
@@ -76,17 +84,6 @@ _MAPPED = {
 _MMU_NAMES = frozenset(
     ("fast_page_fault", "mark_mmio_spte", "handle_mmio_page_fault", "check_mmio_spte")
 )
-_SCALE = (0,) + tuple(10 ** (9 - n) for n in range(1, 10))  # fraction digits -> ns factor
-
-
-def parse_size(text: str, what: str = "size") -> int:
-    """Bytes from ``4GiB``, ``512M``, ``0x1000 K`` or a plain byte count (units are powers of 1024)."""
-    size = size_bytes(text, unit_required=False)
-    if size is None:
-        raise KvmcacheError(
-            f"{what} {text!r} is not a size (a number and a unit B, K/KiB, M/MiB, G/GiB or T/TiB)"
-        )
-    return size
 
 
 @dataclass
@@ -271,7 +268,7 @@ class Importer:
         fast: bool | None = None,
     ) -> None:
         """Read one input from a binary stream of UTF-8 text. Plain ftrace / trace-cmd record
-        lines go through the compiled fast lane (:mod:`kvmcache.trace.importers.scan`), every
+        lines go through the compiled fast lane (:mod:`kvmcache.importers.scan`), every
         other line through :meth:`feed`'s Python path; the result is the same either way.
         ``fast``: None turns to the fast lane after the first FAST_MIN_BYTES (small inputs
         never load numba), False never uses it, True uses it from the first line."""
@@ -316,7 +313,7 @@ class Importer:
         skipped_unknown = skipped_stack = 0
         vcpu_lines = event_lines = 0
         no_event = self.stats.no_event
-        scale = _SCALE
+        scale = FRACTION_SCALE
         is_stack = LineReader.is_stack
         try:
             for batch in batches:
@@ -386,8 +383,8 @@ class Importer:
                             if not (
                                 as_id == 0
                                 and LEVEL_4K <= level <= LEVEL_1G
-                                and old & _SPTE_PERM_MASK
-                                and (level == LEVEL_4K or old & _SPTE_PAGE_SIZE)
+                                and old & SPTE_PERM_MASK
+                                and (level == LEVEL_4K or old & SPTE_PAGE_SIZE)
                                 and (new in NONPRESENT_SPTES or new in REMOVED_SPTES)
                             ):
                                 no_event[event] = no_event.get(event, 0) + 1
@@ -778,7 +775,7 @@ class _FastLane:
             self._arm()
 
     def _arm(self) -> None:
-        from kvmcache.trace.importers import scan
+        from kvmcache.importers import scan
 
         self.scan = scan
         imp = self.imp
@@ -901,7 +898,7 @@ class _FastLane:
         if c in (C_KVM, C_MMU) and not any(k in name for k in KVM_KEYWORDS):
             # Known as KVM from a perf `kvmmmu:` record, but the Python reader only looks at a
             # plain line for KVM records when it names a keyword: let it decide.
-            c = scan.C_ASK
+            c = C_ASK
         self.names[off : off + n] = arr[s:e]
         scan.name_insert(self.ntab, self.names, off, n, c)
         self.name_use[:] = [count + 1, off + n]

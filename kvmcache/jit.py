@@ -1,5 +1,9 @@
-"""The replay kernel's decorator: numba's ``njit``, or the plain Python function in a command
-that replays only a tiny trace.
+"""The one door to numba: the import, the option sets, and the Python-body switch for tiny inputs.
+
+No other module imports numba (a test checks it). Each package keeps its jitted functions in
+one file (numba caches per source file and does not see changes in the files a cached
+function's globals came from): the replay kernel in ``sim/kernel.py``, the synthetic generator
+in ``synth/generator.py``, the importer's fast lane in ``importers/scan.py``.
 
 Importing numba and loading the cached kernel cost about 0.8 s, far more than replaying a
 few thousand events in Python. ``kvmcache replay`` and ``kvmcache compare`` call
@@ -18,6 +22,13 @@ from typing import Any
 
 #: Most event replays (events x strategies) a command runs in Python.
 SMALL_WORK = 2500
+
+#: Every jitted function: cached on disk, GIL released, and compiled without numba's
+#: reference counting (NRT): the kernels allocate nothing and only index the arrays their
+#: callers keep alive, so the per-call incref/decref of each array argument is pure cost.
+NO_NRT: dict[str, Any] = {"cache": True, "nogil": True, "_nrt": False}
+#: The same, inlined into its callers at the numba IR level (a call costs as much as the work).
+NO_NRT_INLINE: dict[str, Any] = {**NO_NRT, "inline": "always"}
 
 _python = False
 
@@ -38,10 +49,10 @@ def use_python(work: int) -> bool:
     return _python
 
 
-def njit(**options: Any) -> Callable[[Callable], Callable]:
-    """``numba.njit(**options)``, or the identity in Python mode."""
+def njit(*signature: Any, **options: Any) -> Callable[[Callable], Callable]:
+    """``numba.njit(*signature, **options)``, or the identity in Python mode."""
     if _python:
         return lambda f: f
     from numba import njit as numba_njit
 
-    return numba_njit(**options)
+    return numba_njit(*signature, **options)

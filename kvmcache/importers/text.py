@@ -2,7 +2,7 @@
 
 This module only splits text into records (thread, CPU, timestamp, event name, event text)
 and classifies the lines that are not records; what a record means for the model is
-decided in :mod:`kvmcache.trace.importers.mapping`. See docs/import.md for every rule.
+decided in :mod:`kvmcache.importers.mapping`. See docs/import.md for every rule.
 """
 
 from __future__ import annotations

@@ -7,23 +7,22 @@ follows MODEL.md section 5, so every unmap names a present leaf and every split 
 leaf. Memory is sized from the guest memory, never from the event count. docs/synth.md
 describes the model.
 
-This is the only module of ``kvmcache.trace`` that imports numba; the CLI imports it only
-when ``kvmcache synth`` runs.
+This is the one file of jitted code of ``kvmcache.synth`` (numba through :mod:`kvmcache.jit`);
+the CLI imports it only when ``kvmcache synth`` runs.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import queue
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from kvmcache.errors import KvmcacheError
+from kvmcache.jit import NO_NRT, NO_NRT_INLINE, njit
 from kvmcache.trace.binary import BinaryWriter
 from kvmcache.trace.events import (
     EVENT_DTYPE,
@@ -36,9 +35,9 @@ from kvmcache.trace.events import (
     OP_VM_CREATE,
     OP_VM_DESTROY,
     TraceHeader,
-    empty,
 )
-from kvmcache.trace.sizes import size_bytes
+from kvmcache.trace.output import TraceOutput
+from kvmcache.trace.sizes import parse_size
 
 #: Scenario name -> one-line description (``kvmcache synth --list``).
 SCENARIOS: dict[str, str] = {
@@ -72,8 +71,6 @@ DEFAULT_RATE = 50_000.0  # events per second per vCPU
 DEFAULT_JITTER = 0.5
 DEFAULT_PRIVATE_FRACTION = {"tdx": 0.9, "vmx": 0.0}
 
-#: YAML output is for small, reviewable traces.
-YAML_EVENT_LIMIT = 100_000
 #: Events per generated block: 8 MiB of records, small enough for the C allocator to reuse
 #: freed blocks (a fresh 32 MiB block costs thousands of page faults) and large enough to
 #: amortise a kernel call.
@@ -87,26 +84,8 @@ MAX_GUEST_MEMORY = 4 << 40
 MAX_HOST_MEMORY = 1 << 60
 
 _REGION = 512  # 4 KiB pages per 2 MiB region
-_YAML_EXTS = (".yaml", ".yml")
 
 # --- sizes ------------------------------------------------------------------------------------
-
-
-def parse_size(text: str | int, what: str = "size") -> int:
-    """Bytes of a size such as ``4GiB``, ``512M``, ``0x1000 K`` or ``4096`` (units are powers of 1024)."""
-    if isinstance(text, bool):
-        raise KvmcacheError(f"bad {what} {text!r}: expected a size such as 4GiB")
-    if isinstance(text, int):
-        if text < 0:
-            raise KvmcacheError(f"bad {what} {text}: must not be negative")
-        return text
-    size = size_bytes(str(text), unit_required=False)
-    if size is None:
-        raise KvmcacheError(
-            f"bad {what} {text!r}: expected a number and a unit B, K/KB/KiB, M/MB/MiB, "
-            "G/GB/GiB or T/TB/TiB, such as 4GiB"
-        )
-    return size
 
 
 def _fmt_size(nbytes: int) -> str:
@@ -253,10 +232,10 @@ _PERM_MUL0, _PERM_MUL1, _PERM_MUL2 = (np.uint64(m) for m in _PERM_MUL)
 #   functions: numba's inlining copies the IR of each inlined call, nested calls included, and
 #   inlining everything would make the first compilation several times longer.
 def _jit(signature: str):
-    return njit(signature, cache=True, nogil=True, _nrt=False)
+    return njit(signature, **NO_NRT)
 
 
-_jit_inline = njit(cache=True, nogil=True, _nrt=False, inline="always")
+_jit_inline = njit(**NO_NRT_INLINE)
 
 #: numba types that recur in the signatures below: the parameters, the output block (its
 #: records as little-endian u64 words, 4 per record) and a tick compiled on its own.
@@ -1126,42 +1105,31 @@ def _fill(st: _State, block: np.ndarray) -> int:
         return _run(block.view("<u8"), st.M, st.F)
 
 
-def is_yaml_path(path: str) -> bool:
-    """True when ``path`` names a YAML trace (by extension)."""
-    return path.lower().endswith(_YAML_EXTS)
-
-
-def write(out_path: str, header: TraceHeader, blocks: Iterable[np.ndarray]) -> int:
-    """Write the blocks to ``out_path``: YAML by extension (at most YAML_EVENT_LIMIT events),
-    else binary, streamed through BinaryWriter (atomic). Returns the number of events written.
+def write(
+    out_path: str,
+    header: TraceHeader,
+    blocks: Iterable[np.ndarray],
+    output: TraceOutput | None = None,
+) -> int:
+    """Write the blocks to ``out_path`` by the rule of :mod:`kvmcache.trace.output` (YAML by
+    extension, at most YAML_EVENT_LIMIT events; else binary, atomic), through ``output`` when
+    the command checked OUT already. Returns the number of events written.
 
     For a binary trace the events are generated on a second thread (the kernel releases the GIL)
     while this one writes: a stream from :func:`generate` into a few small reused buffers
     (:func:`_write_binary`), any other iterable two blocks ahead at most. The order, and so the
     file, is the same.
     """
-    if not is_yaml_path(out_path):
-        with BinaryWriter(out_path, header) as w:
-            if isinstance(blocks, _Blocks):
-                _write_binary(w, blocks.state)
-            else:
-                for block in _ahead(blocks, depth=2):
-                    w.write(block)
-            return w.count
-    if header.count is not None and header.count > YAML_EVENT_LIMIT:
-        raise KvmcacheError(_yaml_too_big(out_path, header.count))
-    parts: list[np.ndarray] = []
-    total = 0
-    for block in blocks:
-        total += len(block)
-        if total > YAML_EVENT_LIMIT:
-            raise KvmcacheError(_yaml_too_big(out_path, total))
-        parts.append(block)
-    from kvmcache.trace.yamlfmt import write_yaml
+    out = output or TraceOutput(out_path, command="synth", force=True)
 
-    events = np.concatenate(parts) if parts else empty(0)
-    write_yaml(out_path, header, events)
-    return total
+    def feed(w: BinaryWriter) -> None:
+        if isinstance(blocks, _Blocks):
+            _write_binary(w, blocks.state)
+        else:
+            for block in _ahead(blocks, depth=2):
+                w.write(block)
+
+    return out.write(header, blocks, feed=feed)
 
 
 def _write_binary(w: BinaryWriter, st: _State) -> None:
@@ -1234,23 +1202,3 @@ def _ahead(items: Iterable[np.ndarray], depth: int) -> Iterator[np.ndarray]:
             except queue.Empty:
                 pass
         worker.join()
-
-
-def _yaml_too_big(path: str, n: int) -> str:
-    return (
-        f"{path}: {n:,} events is too many for a YAML trace (at most {YAML_EVENT_LIMIT:,}); "
-        "write a binary .kvmt trace instead"
-    )
-
-
-def check_output(out_path: str, *, force: bool = False, events: int | None = None) -> None:
-    """Refuse an OUT that is standard output, a directory, an existing file without ``force``,
-    or a YAML file for more than YAML_EVENT_LIMIT events."""
-    if out_path == "-":
-        raise KvmcacheError("synth: OUT must be a file path, not standard output")
-    if os.path.isdir(out_path):
-        raise KvmcacheError(f"{out_path}: is a directory; OUT must be a file path")
-    if os.path.lexists(out_path) and not force:
-        raise KvmcacheError(f"{out_path}: already exists; use --force to overwrite it")
-    if events is not None and is_yaml_path(out_path) and events > YAML_EVENT_LIMIT:
-        raise KvmcacheError(_yaml_too_big(out_path, events))

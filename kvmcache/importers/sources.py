@@ -19,8 +19,8 @@ from typing import BinaryIO
 import numpy as np
 
 from kvmcache.errors import KvmcacheError, reading
+from kvmcache.importers.mapping import Importer, ImportOptions, ImportStats
 from kvmcache.trace.events import TraceHeader
-from kvmcache.trace.importers.mapping import Importer, ImportOptions, ImportStats
 
 TRACE_DAT_MAGIC = b"\x17\x08\x44tracing"
 PERF_DATA_MAGIC = b"PERFILE2"
