@@ -160,7 +160,7 @@ HB_LAT = 288  # fault_latency, 32 buckets
 FIXED = 320  # first index of the variable regions
 
 MAX_VCPUS = 65536
-HMUL = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64 (Fibonacci hashing)
+HMUL_U = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: 2^64 / golden ratio
 SLOT_MARGIN = 16  # table slots one event can create, at most (L - 1 links or a split)
 
 # Unsigned scalars in u (section 8 clock values are u64 and saturate at 2^64 - 1).
@@ -459,7 +459,10 @@ def _free_page(m, u, pfn):
 def _probe(m, base, mask, shift, key):
     """Open-addressing position of ``key`` (> 0) in a hash at m[base], pairs of words: the
     position holding it, or the empty one where it would go."""
-    h = ((np.int64(key) * HMUL) >> shift) & mask  # np.int64: wraps in Python mode too
+    # Fibonacci hashing in unsigned arithmetic: the product wraps by definition (a signed
+    # product that overflows let the compiler fold the hash wrongly once this was inlined
+    # into the fast path), and the top bits are the position.
+    h = np.int64((np.uint64(key) * HMUL_U) >> np.uint64(shift)) & mask
     while True:
         kk = m[base + 2 * h]
         if kk == 0 or kk == key:
@@ -1305,14 +1308,7 @@ def _fault(m, lf, u, v, gfn, pfn, g, private):
     _add128(u, U_LAT, d)
     if d > u[U_LAT_MAX]:
         u[U_LAT_MAX] = d
-    b = 0
-    if d >= LAT_128:
-        b = 1
-        x = d >> SH7
-        while x > U64_ONE and b < 31:
-            x >>= U64_ONE
-            b += 1
-    m[HB_LAT + b] += 1
+    m[HB_LAT + _lat_bucket(d)] += 1
 
 
 @njit(**JIT)
@@ -1378,6 +1374,133 @@ def _split(m, lf, u, gfn, private):
 
 
 @njit(**JIT)
+def _tick(m, u, t):
+    """Count an event at ts t: ts going backwards, and the idle pages after the previous
+    event x the gap to this one (cache_idle_page_ns)."""
+    if m[C_EVENTS] > 0:  # not the first event: the gap from the previous one
+        last = u[U_LAST_TS]
+        if t < last:
+            m[C_TS_BACKWARDS] += 1
+        elif m[G_IDLE] > 0 and t > last:
+            _add_page_ns(u, m[G_IDLE], t - last)
+    u[U_LAST_TS] = t
+    m[C_EVENTS] += 1
+
+
+@njit(**JIT)
+def _fast_4k(m, lf, u, o, vid, gfn, pfn, fl, t, vmap, tdx):
+    """The common 4 KiB events, applied here when they take the simple path of the model;
+    False (nothing applied) sends the event through the general path.
+
+    Simple: a fault of a live vCPU whose top-up would add nothing, on a gfn of the presence
+    bitmap, that is spurious (its 4 KiB leaf is present) or maps into an existing level-1
+    table with no link and a fast-path get; an unmap of a 4 KiB leaf that is missing, or
+    present with a fast-path put. A present level-1 table excludes a 2 MiB or 1 GiB leaf
+    over it (mirror faults fit under tables, direct ones collapse them), so the bitmap
+    answers the spurious check alone. Counters and clock as the general path moves them.
+    """
+    g = np.int64(gfn)
+    w = g >> 6
+    npw = m[Z_PBITS]
+    if g < 0 or w >= npw:
+        return False
+    private = (fl & 1) != 0
+    root = MIRROR if private else DIRECT
+    wi = m[O_PBITS] + root * npw + w
+    bit = BIT[g & 63]
+    present = (m[wi] & bit) != 0
+    mirror_dpamt = private and m[P_DPAMT] != 0
+    if o == OP_UNMAP:
+        if not present:
+            _tick(m, u, t)
+            m[C_UNMAPS] += 1
+            m[C_UNMAPS_MISSING] += 1
+            return True
+        li = 512 * _tfind(m, root, 1, g >> 9) + (g & 511)
+        if mirror_dpamt:
+            x = np.int64(lf[li]) - 1
+            ri = m[O_REFC] + x
+            if m[ri] <= 1 or (m[P_STRAT] == S_ALLOC and m[m[O_CACHED] + x] != 0):
+                return False  # PAMT.REMOVE, or a range dpamt-alloc's caches pin
+            m[ri] -= 1
+            m[C_PUT] += 1
+            m[C_PUT_FAST] += 1
+        _tick(m, u, t)
+        m[C_UNMAPS] += 1
+        lf[li] = 0
+        m[wi] &= ~bit
+        return True
+    # A fault.
+    if vid >= MAX_VCPUS or (private and not tdx):
+        return False
+    v = m[vmap + np.int64(vid)] - 1
+    if v < 0 or m[m[O_VLIVE] + v] == 0 or _needs_topup(m, v):
+        return False
+    x = 0
+    li = 0
+    if not present:
+        s1 = _tfind(m, root, 1, g >> 9)
+        if s1 < 0 or m[m[O_SSPT] + s1] == 0:
+            return False  # tables to link
+        li = 512 * s1 + (g & 511)
+        if mirror_dpamt:
+            x = np.int64(pfn) >> 9
+            ri = m[O_REFC] + x
+            if m[ri] == 0 or (m[P_STRAT] == S_ALLOC and m[m[O_CACHED] + x] != 0):
+                return False  # PAMT.ADD, or a range dpamt-alloc's caches pin
+    _tick(m, u, t)
+    m[C_FAULTS] += 1
+    if private:
+        m[C_FAULTS_PRIVATE] += 1
+    else:
+        m[C_FAULTS_SHARED] += 1
+    start = t
+    busy = u[N_U + v]
+    if busy > t:
+        start = busy
+        _add128(u, U_DELAY, busy - t)
+    if present:
+        m[C_FAULTS_SPURIOUS] += 1
+        u[N_U + v] = start
+        return True
+    # A new 4 KiB leaf: a locked section of ns_fault alone, a fast get, no page obtained.
+    lf[li] = x + 1
+    m[wi] |= bit
+    m[C_LEAVES_4K] += 1
+    if mirror_dpamt:
+        m[m[O_REFC] + x] += 1
+        m[C_GET] += 1
+        m[C_GET_FAST] += 1
+    end = start + u[U_NS_FAULT]
+    if end < start:
+        end = U64_MAX
+    d = end - start
+    _add128(u, U_LOCKED, d)
+    if d > u[U_LOCKED_MAX]:
+        u[U_LOCKED_MAX] = d
+    _add128(u, U_LAT, d)
+    if d > u[U_LAT_MAX]:
+        u[U_LAT_MAX] = d
+    m[HB] += 1
+    m[HB_LAT + _lat_bucket(d)] += 1
+    u[N_U + v] = end
+    return True
+
+
+@njit(**JIT)
+def _lat_bucket(d):
+    """fault_latency bucket of d ns: 0 below 128 ns, then one per power of two up to 31."""
+    b = 0
+    if d >= LAT_128:
+        b = 1
+        x = d >> SH7
+        while x > U64_ONE and b < 31:
+            x >>= U64_ONE
+            b += 1
+    return b
+
+
+@njit(**JIT)
 def run_chunk(
     m: np.ndarray,
     lf: np.ndarray,
@@ -1410,9 +1533,15 @@ def run_chunk(
     # the leaf's and the split guest range's.
     rmax = m[Z_NRANGES] - m[P_GROW_MARGIN] - 4 if m[Z_RSPARSE] != 0 else m[Z_NRANGES]
     nsmax = m[P_NSAMPLES]
+    # The fast path (below) is off when every event must pass the general path (timeline
+    # samples) and on a sparse host (a new range index may need the driver to grow).
+    fast = every == 0 and m[Z_RSPARSE] == 0
     n = ts.shape[0]
     for i in range(start, n):
         o = op[i]
+        if fast and level[i] == 1 and (o == OP_FAULT or o == OP_UNMAP):
+            if _fast_4k(m, lf, u, o, vcpu[i], gfn[i], pfn[i], flags[i], ts[i], vmap, tdx):
+                continue
         uses_vcpu = o == OP_FAULT or o == OP_VCPU_CREATE or o == OP_VCPU_DESTROY
         v = 0
         if uses_vcpu:
@@ -1454,16 +1583,8 @@ def run_chunk(
             m[G_ERR] = E_BAD_OP
             m[G_ERR_ARG] = o
             return ST_ERROR, i
-        # Time: idle pages after the previous event x the gap to this one.
         t = ts[i]
-        if m[C_EVENTS] > 0:  # not the first event: the gap from the previous one
-            last = u[U_LAST_TS]
-            if t < last:
-                m[C_TS_BACKWARDS] += 1
-            elif m[G_IDLE] > 0 and t > last:
-                _add_page_ns(u, m[G_IDLE], t - last)
-        u[U_LAST_TS] = t
-        m[C_EVENTS] += 1
+        _tick(m, u, t)
         # 8.1: the event starts at its ts, or when its vCPU is next free.
         start = t
         if uses_vcpu and m[m[O_VLIVE] + v] != 0:
