@@ -15,12 +15,13 @@ import random
 
 import numpy as np
 import pytest
+from conftest import IMPORT_DATA
 
 from kvmcache.errors import KvmcacheError
 from kvmcache.importers import mapping
 from kvmcache.importers.mapping import Importer, ImportOptions
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "import")
+DATA = IMPORT_DATA
 
 THREADS = [
     ("CPU 0/KVM", "4242"),
