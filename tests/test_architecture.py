@@ -136,3 +136,18 @@ def test_synth_list_and_help_load_no_generator():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stderr == "[]\n" and "steady" in out.stdout
+
+
+def test_schema_names_are_written_once():
+    """Every `kvmcache.NAME/1` schema string appears in report/documents.py only."""
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            value = getattr(node, "value", None)
+            if isinstance(node, ast.Constant) and isinstance(value, str):
+                if value.startswith("kvmcache.") and value.endswith("/1"):
+                    found.setdefault(value, set()).add(path.relative_to(PACKAGE).as_posix())
+    assert found == {
+        s: {"report/documents.py"}
+        for s in ("kvmcache.replay/1", "kvmcache.compare/1", "kvmcache.sweep/1", "kvmcache.info/1")
+    }
