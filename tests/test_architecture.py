@@ -120,3 +120,34 @@ def test_every_command_imports_and_its_help_is_its_docstring_first_line(name):
     command = importlib.import_module(f"kvmcache.commands.{module_name}").command
     assert isinstance(command, click.Command) and command.name == name
     assert command.help.splitlines()[0] == help_line
+
+
+def test_synth_list_and_help_load_no_generator():
+    code = (
+        "import sys\n"
+        "from kvmcache.cli import main\n"
+        "for argv in (['synth', '--list'], ['synth', '--help']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in sys.modules if m in ('numba', 'kvmcache.synth.generator')),"
+        " file=sys.stderr)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stderr == "[]\n" and "steady" in out.stdout
+
+
+def test_schema_names_are_written_once():
+    """Every `kvmcache.NAME/1` schema string appears in report/documents.py only."""
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            value = getattr(node, "value", None)
+            if isinstance(node, ast.Constant) and isinstance(value, str):
+                if value.startswith("kvmcache.") and value.endswith("/1"):
+                    found.setdefault(value, set()).add(path.relative_to(PACKAGE).as_posix())
+    assert found == {
+        s: {"report/documents.py"}
+        for s in ("kvmcache.replay/1", "kvmcache.compare/1", "kvmcache.sweep/1", "kvmcache.info/1")
+    }

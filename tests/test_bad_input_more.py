@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import signal
 import struct
 import subprocess
@@ -19,14 +18,13 @@ import time
 import numpy as np
 import pytest
 from clirun import error_line, run
+from conftest import TRACES
 
 from kvmcache.errors import KvmcacheError
 from kvmcache.trace import open_trace
 from kvmcache.trace.binary import BinaryTrace
 from kvmcache.yamlio import read_text_stream
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRACES = os.path.join(ROOT, "traces")
 KVMT = os.path.join(TRACES, "first-private-4k.kvmt")  # 3 events
 YAML = os.path.join(TRACES, "first-private-4k.yaml")
 BINARY_JUNK = "not a kvmcache trace (binary data without the KVMCTRC magic)"
@@ -206,10 +204,8 @@ def test_config_with_non_utf8_bytes(capsys, tmp_path):
 
 
 @pytest.fixture
-def kvmt_copy(tmp_path) -> str:
-    dst = str(tmp_path / "t.kvmt")
-    shutil.copy(KVMT, dst)
-    return dst
+def kvmt_copy(trace_copy) -> str:
+    return trace_copy(os.path.basename(KVMT), "t.kvmt")
 
 
 @pytest.mark.parametrize("cmd", ["replay", "info"])

@@ -6,12 +6,12 @@ import glob
 import os
 
 import pytest
+from conftest import TRACES
 
 from kvmcache.sim.counters import STRATEGIES
 from kvmcache.sim.replay import replay_many
 from kvmcache.trace import open_trace
 
-TRACES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "traces")
 ALL = sorted(
     p
     for p in glob.glob(os.path.join(TRACES, "*"))

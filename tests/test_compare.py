@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from clirun import run as run_cli
+from conftest import GOLDEN_DIR
 from rich.console import Console
 
 from kvmcache.report.compare import (
@@ -25,7 +26,7 @@ from kvmcache.sim.counters import COUNTERS, STRATEGIES
 from kvmcache.sim.replay import replay_many
 from kvmcache.trace import open_trace
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(GOLDEN_DIR)
 G01 = str(GOLDEN / "01-first-private-4k.yaml")
 G03 = str(GOLDEN / "03-two-vcpus-shared-and-private.yaml")
 G06 = str(GOLDEN / "06-tight-cache-alloc-under-lock.yaml")

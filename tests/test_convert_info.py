@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from clirun import error_line as one_error_line
 from clirun import run
+from conftest import ROOT, TRACES
 
 from kvmcache.trace import open_trace
 from kvmcache.trace import output as output_mod
@@ -20,8 +21,6 @@ from kvmcache.trace.binary import pack_header, write_binary
 from kvmcache.trace.events import TraceHeader, empty
 from kvmcache.trace.yamlfmt import read_yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRACES = os.path.join(ROOT, "traces")
 BUNDLED = [
     "first-private-4k",
     "two-vcpus-same-range",

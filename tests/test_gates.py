@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 from clirun import run
+from conftest import GOLDEN_DIR
 
 from kvmcache.errors import KvmcacheError
 from kvmcache.gates import Limit, parse_limit, relative_exceeded
 from kvmcache.sim import replay as replay_mod
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(GOLDEN_DIR)
 G01 = str(GOLDEN / "01-first-private-4k.yaml")
 G06 = str(GOLDEN / "06-tight-cache-alloc-under-lock.yaml")  # not spinlock-safe
 G07 = str(GOLDEN / "07-pamt-pairs-1-retry.yaml")

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from conftest import GOLDEN_DIR
 
 from kvmcache.params import DEFAULTS
 from kvmcache.sim.counters import CACHES, COUNTERS, FAULT_PAGES_BUCKETS, STRATEGIES
@@ -22,7 +23,7 @@ except ImportError:  # pragma: no cover
     import naive  # type: ignore[no-redef]
     from randtrace import random_trace, to_yaml_text  # type: ignore[no-redef]
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(GOLDEN_DIR)
 SCENARIOS = sorted(GOLDEN.glob("*.yaml"))
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

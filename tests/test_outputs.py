@@ -16,23 +16,20 @@ import time
 import numpy as np
 import pytest
 from clirun import error_line, run
+from conftest import IMPORT_DATA, TRACES
 
 from kvmcache.errors import KvmcacheError
 from kvmcache.trace import open_trace
 from kvmcache.trace.binary import BinaryWriter
 from kvmcache.trace.events import TraceHeader, empty
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRACES = os.path.join(ROOT, "traces")
-IMPORT_TEXT = os.path.join(ROOT, "tests", "data", "import", "ftrace_tdp_mmu.txt")
+IMPORT_TEXT = os.path.join(IMPORT_DATA, "ftrace_tdp_mmu.txt")
 KVMCACHE = [sys.executable, "-c", "from kvmcache.cli import main; main()"]
 
 
 @pytest.fixture
-def trace(tmp_path):
-    dst = tmp_path / "t.yaml"
-    shutil.copy(os.path.join(TRACES, "churn-tdx.yaml"), dst)
-    return str(dst)
+def trace(trace_copy):
+    return trace_copy("churn-tdx.yaml", "t.yaml")
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import os
 
 import pytest
 from clirun import error_line, run
+from conftest import GOLDEN_DIR
 
 from kvmcache.report import documents, plots, sweepfmt
 from kvmcache.report.documents import replay_document
@@ -16,7 +17,7 @@ from kvmcache.sim import sweep
 from kvmcache.sim.replay import replay
 from kvmcache.trace import open_trace
 
-GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
+GOLDEN = GOLDEN_DIR
 FAST = os.path.join(GOLDEN, "02-same-range-fast-path.yaml")  # 9 events, no vm_destroy
 TIGHT = os.path.join(GOLDEN, "06-tight-cache-alloc-under-lock.yaml")  # 4 events, allocs under lock
 RETRY = os.path.join(GOLDEN, "07-pamt-pairs-1-retry.yaml")  # 4 events, fault retries

@@ -11,6 +11,7 @@ import threading
 
 import pytest
 from clirun import error_line, run
+from conftest import GOLDEN_DIR
 
 from kvmcache.errors import KvmcacheError
 from kvmcache.report import documents
@@ -19,7 +20,7 @@ from kvmcache.sim.counters import COUNTERS
 from kvmcache.sim.replay import replay, resolve_params
 from kvmcache.trace import open_trace
 
-GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
+GOLDEN = GOLDEN_DIR
 RETRY = os.path.join(GOLDEN, "07-pamt-pairs-1-retry.yaml")  # params: pamt_pairs 1, spread 64
 TIGHT = os.path.join(GOLDEN, "06-tight-cache-alloc-under-lock.yaml")  # params: capacity 3, mins 0
 TWO = os.path.join(GOLDEN, "03-two-vcpus-shared-and-private.yaml")

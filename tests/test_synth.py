@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from clirun import error_line as one_error_line
 from clirun import run
+from conftest import TRACES
 
 from kvmcache.errors import KvmcacheError
 from kvmcache.synth import generator as synth
@@ -29,9 +30,6 @@ from kvmcache.trace.events import (
 )
 from kvmcache.trace.validate import validate_all
 from kvmcache.trace.yamlfmt import read_yaml
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRACES = os.path.join(ROOT, "traces")
 
 #: Small but busy: a 64 MiB guest, so that working sets are revisited, leaves unmapped and split.
 SMALL = {"guest_memory": "64MiB", "host_memory": "256MiB"}

@@ -7,14 +7,14 @@ import shutil
 
 import pytest
 from clirun import error_line, run
+from conftest import IMPORT_DATA, TRACES
 
 from kvmcache.errors import KvmcacheError
 from kvmcache.trace import open_trace
 from kvmcache.trace.output import YAML_EVENT_LIMIT, TraceOutput, output_format
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VMX_BASIC = os.path.join(ROOT, "traces", "vmx-basic.yaml")
-FTRACE = os.path.join(ROOT, "tests", "data", "import", "ftrace_tdp_mmu.txt")
+VMX_BASIC = os.path.join(TRACES, "vmx-basic.yaml")
+FTRACE = os.path.join(IMPORT_DATA, "ftrace_tdp_mmu.txt")
 
 
 def test_extension_decides_the_format():

@@ -11,10 +11,9 @@ import yaml
 
 from kvmcache import __version__
 from kvmcache.errors import KvmcacheError
+from kvmcache.report.documents import INFO_SCHEMA
 from kvmcache.trace import import_sidecar_path, open_trace
 from kvmcache.trace.stats import gather
-
-SCHEMA = "kvmcache.info/1"
 
 
 def _load_import(path: str) -> dict[str, Any] | None:
@@ -60,7 +59,7 @@ def command(trace: str, fmt: str, strict: bool) -> None:
     Every event is validated as replay would; the counts are streamed chunk by chunk.
     """
     source = open_trace(trace, strict=strict)
-    doc = {"schema": SCHEMA, "version": __version__, **gather(source)}
+    doc = {"schema": INFO_SCHEMA, "version": __version__, **gather(source)}
     doc["import"] = _load_import(trace)
     if fmt == "json":
         click.echo(json.dumps(doc, indent=1, default=str))

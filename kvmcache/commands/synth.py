@@ -9,12 +9,11 @@ import time
 import click
 
 from kvmcache.errors import KvmcacheError
+from kvmcache.synth import scenarios as sc
 
-# The library (and numba with it) is imported only when the command runs, so that
-# `kvmcache synth --help` stays fast; the defaults shown here are those of
-# kvmcache.synth.generator.generate().
-
-_BACKINGS = ("hugepage", "4k-contiguous", "4k-random")
+# The generator (and numba with it) is imported only when the command runs, so that
+# `kvmcache synth --help` stays fast; the scenarios and defaults are plain data.
+_PF = sc.DEFAULT_PRIVATE_FRACTION
 
 
 @click.command(
@@ -31,14 +30,24 @@ _BACKINGS = ("hugepage", "4k-contiguous", "4k-random")
     help="Trace to write: binary (.kvmt or any name) or YAML (.yaml/.yml, at most 100,000 events).",
 )
 @click.option("--list", "list_scenarios", is_flag=True, help="List the scenarios and exit.")
-@click.option("--vcpus", type=int, default=None, help="vCPUs  [default: 4]")
-@click.option("--guest-memory", metavar="SIZE", default=None, help="Guest memory  [default: 4GiB]")
-@click.option("--host-memory", metavar="SIZE", default=None, help="Host memory  [default: 16GiB]")
+@click.option("--vcpus", type=int, default=None, help=f"vCPUs  [default: {sc.DEFAULT_VCPUS}]")
+@click.option(
+    "--guest-memory",
+    metavar="SIZE",
+    default=None,
+    help=f"Guest memory  [default: {sc.DEFAULT_GUEST_MEMORY}]",
+)
+@click.option(
+    "--host-memory",
+    metavar="SIZE",
+    default=None,
+    help=f"Host memory  [default: {sc.DEFAULT_HOST_MEMORY}]",
+)
 @click.option(
     "--events",
     type=int,
     default=None,
-    help="Events in the trace, vm_create and vm_destroy included  [default: 1000000]",
+    help=f"Events in the trace, vm_create and vm_destroy included  [default: {sc.DEFAULT_EVENTS}]",
 )
 @click.option(
     "--seed",
@@ -63,7 +72,7 @@ _BACKINGS = ("hugepage", "4k-contiguous", "4k-random")
 )
 @click.option(
     "--backing",
-    type=click.Choice(_BACKINGS),
+    type=click.Choice(sc.BACKINGS),
     default=None,
     help="Host pages behind guest pages  [default: per scenario, see --list]",
 )
@@ -72,21 +81,21 @@ _BACKINGS = ("hugepage", "4k-contiguous", "4k-random")
     type=float,
     default=None,
     metavar="F",
-    help="Fraction of private faults  [default: 0.9 on tdx, 0 on vmx]",
+    help=f"Fraction of private faults  [default: {_PF['tdx']:g} on tdx, {_PF['vmx']:g} on vmx]",
 )
 @click.option(
     "--rate",
     type=float,
     default=None,
     metavar="EVENTS_PER_SEC_PER_VCPU",
-    help="Event rate of each vCPU  [default: 50000]",
+    help=f"Event rate of each vCPU  [default: {sc.DEFAULT_RATE:g}]",
 )
 @click.option(
     "--jitter",
     type=float,
     default=None,
     metavar="F",
-    help="Relative jitter of the gaps between a vCPU's events, in [0, 1)  [default: 0.5]",
+    help=f"Relative jitter of the gaps between a vCPU's events, in [0, 1)  [default: {sc.DEFAULT_JITTER:g}]",
 )
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 def command(
@@ -117,13 +126,10 @@ def command(
       kvmcache synth scatter -o best.kvmt --backing hugepage
       kvmcache synth churn -o churn.yaml --events 300
     """
-    from kvmcache.synth import generator as synth
-    from kvmcache.trace.output import TraceOutput
-
     if list_scenarios:
-        width = max(len(name) for name in synth.SCENARIOS)
-        for name, text in synth.SCENARIOS.items():
-            click.echo(f"{name:<{width}}  {text} [backing: {synth.DEFAULT_BACKING[name]}]")
+        width = max(len(name) for name in sc.SCENARIOS)
+        for name, text in sc.SCENARIOS.items():
+            click.echo(f"{name:<{width}}  {text} [backing: {sc.DEFAULT_BACKING[name]}]")
         return
     if scenario is None:
         raise KvmcacheError("synth: missing SCENARIO (see kvmcache synth --list)")
@@ -146,6 +152,9 @@ def command(
     ):
         if value is not None:
             kwargs[name] = value
+    from kvmcache.synth import generator as synth
+    from kvmcache.trace.output import TraceOutput
+
     header, blocks = synth.generate(scenario, **kwargs)  # type: ignore[arg-type]
     target = TraceOutput(out, command="synth", force=force, events=header.count)
 

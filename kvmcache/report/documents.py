@@ -19,12 +19,14 @@ if TYPE_CHECKING:
 REPLAY_SCHEMA = "kvmcache.replay/1"
 COMPARE_SCHEMA = "kvmcache.compare/1"
 SWEEP_SCHEMA = "kvmcache.sweep/1"
+INFO_SCHEMA = "kvmcache.info/1"
 #: Documents whose runs are one trace's replays, each a replay document.
 BASELINE_SCHEMAS = (REPLAY_SCHEMA, COMPARE_SCHEMA)
 
 __all__ = [
     "BASELINE_SCHEMAS",
     "COMPARE_SCHEMA",
+    "INFO_SCHEMA",
     "REPLAY_SCHEMA",
     "SWEEP_SCHEMA",
     "VERDICTS",

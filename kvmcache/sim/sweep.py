@@ -21,7 +21,7 @@ from typing import Any
 
 from kvmcache import params as params_mod
 from kvmcache.errors import EXIT_USAGE, KvmcacheError
-from kvmcache.results import ReplayResult, spinlock_cost
+from kvmcache.results import VERDICTS, ReplayResult, spinlock_cost
 from kvmcache.sim.counters import COUNTERS
 
 Value = int | bool
@@ -33,7 +33,7 @@ OnDone = Callable[[int], None]
 #: mmu_lock plus fault retries (the spinlock cost), pages allocated.
 PARETO_OBJECTIVES: tuple[str, ...] = (
     "cache_pages_idle_peak",
-    "alloc_under_lock + fault_retries",
+    " + ".join(VERDICTS["spinlock_safe"]),
     "pages_allocated",
 )
 MAX_AXIS_VALUES = 10_000

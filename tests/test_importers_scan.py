@@ -1,6 +1,6 @@
 """The importer's compiled fast lane (kvmcache/importers/scan.py) against its Python path.
 
-The Python path is the definition of the import rules (tests/test_import.py checks it against
+The Python path is the definition of the import rules (tests/test_importers.py checks it against
 hand-worked expectations); the fast lane must give exactly the same trace and summary on any
 input. Random "line soups" mix plain records with every kind of line the fast lane hands back
 (new threads, vCPU changes, wrapped, stack, header, perf, CRLF, non-ASCII, malformed and
@@ -15,12 +15,13 @@ import random
 
 import numpy as np
 import pytest
+from conftest import IMPORT_DATA
 
 from kvmcache.errors import KvmcacheError
 from kvmcache.importers import mapping
 from kvmcache.importers.mapping import Importer, ImportOptions
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "import")
+DATA = IMPORT_DATA
 
 THREADS = [
     ("CPU 0/KVM", "4242"),

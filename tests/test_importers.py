@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 from clirun import error_line, run
+from conftest import IMPORT_DATA
 
 from kvmcache.importers.mapping import (
     ImportOptions,
@@ -28,7 +29,7 @@ from kvmcache.importers.text import LineReader
 from kvmcache.trace import open_trace
 from kvmcache.trace.events import EVENT_DTYPE, OP_FAULT, OP_SPLIT, OP_UNMAP
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "import")
+DATA = IMPORT_DATA
 F, U, S = OP_FAULT, OP_UNMAP, OP_SPLIT
 
 
