@@ -18,7 +18,8 @@ from fractions import Fraction
 from typing import Any
 
 from kvmcache.atomic import write_atomic
-from kvmcache.errors import EXIT_USAGE, KvmcacheError, reading
+from kvmcache.errors import EXIT_USAGE, KvmcacheError
+from kvmcache.limits import MAX_NUMBER_CHARS, excerpt, number_too_long, read_small_file
 from kvmcache.sim.counters import COUNTERS
 
 REPLAY_SCHEMA = "kvmcache.replay/1"
@@ -35,7 +36,7 @@ REQUIREMENTS: dict[str, tuple[str, tuple[str, ...]]] = {
 STDIN_PATHS = ("-", "<stdin>", "")
 
 _COUNTER_SET = frozenset(COUNTERS)
-_ABS_RE = re.compile(r"^(?:0[xX][0-9a-fA-F_]+|[0-9][0-9_]*)$")
+_ABS_RE = re.compile(r"^(?:0[xX]_?[0-9a-fA-F](?:_?[0-9a-fA-F])*|[0-9](?:_?[0-9])*)$")
 _REL_RE = re.compile(r"^\+?([0-9]+(?:\.[0-9]+)?)%$")
 
 
@@ -62,12 +63,18 @@ def parse_limit(spec: str, source: str = "--limit") -> Limit:
     name, raw = name.strip(), raw.strip()
     if not sep or not name or not raw:
         raise KvmcacheError(
-            f"{source}: {spec!r} is not COUNTER=VALUE or COUNTER=+N% (e.g. cache_pages_idle_peak=+10%)"
+            f"{source}: {excerpt(spec)} is not COUNTER=VALUE or COUNTER=+N% "
+            "(e.g. cache_pages_idle_peak=+10%)"
         )
     if name not in _COUNTER_SET:
         raise KvmcacheError(
-            f"{source}: {spec!r}: unknown counter {name!r} "
+            f"{source}: {excerpt(spec)}: unknown counter {excerpt(name)} "
             "(the names are the keys of `counters` in the JSON report)"
+        )
+    if number_too_long(raw):
+        raise KvmcacheError(
+            f"{source}: {name}: a number of {len(raw):,} characters is too long "
+            f"(at most {MAX_NUMBER_CHARS})"
         )
     m = _REL_RE.match(raw)
     if m:
@@ -75,8 +82,8 @@ def parse_limit(spec: str, source: str = "--limit") -> Limit:
     if _ABS_RE.match(raw):
         return Limit(name, value=int(raw.replace("_", ""), 0 if raw[:2].lower() == "0x" else 10))
     raise KvmcacheError(
-        f"{source}: {spec!r}: {raw!r} is neither a non-negative integer nor a growth "
-        "percentage like +10%"
+        f"{source}: {excerpt(spec)}: {excerpt(raw)} is neither a non-negative integer nor a "
+        "growth percentage like +10%"
     )
 
 
@@ -85,7 +92,7 @@ def parse_requirement(name: str, source: str = "--require") -> str:
     key = name.strip().lower()
     if key not in REQUIREMENTS:
         raise KvmcacheError(
-            f"{source}: unknown requirement {name!r} (known: {', '.join(REQUIREMENTS)})"
+            f"{source}: unknown requirement {excerpt(name)} (known: {', '.join(REQUIREMENTS)})"
         )
     return key
 
@@ -135,11 +142,16 @@ class Baseline:
 
 def load_baseline(path: str) -> Baseline:
     """Read a saved replay or compare report; an unreadable or invalid one is exit 2."""
+    data = read_small_file(path, "baseline file", "a baseline file")
     try:
-        with reading(path, "baseline file", "a baseline file"), open(path, encoding="utf-8") as f:
-            doc = json.load(f)
+        doc = json.loads(data.decode("utf-8"), parse_int=_bounded_int)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise KvmcacheError(f"{path}: baseline is not valid JSON: {e}") from None
+    except _LongNumber as e:
+        raise KvmcacheError(
+            f"{path}: baseline is not valid JSON: a number of {e.args[0]:,} characters is too "
+            f"long (at most {MAX_NUMBER_CHARS})"
+        ) from None
     except RecursionError:
         raise KvmcacheError(f"{path}: baseline is not valid JSON: nested too deeply") from None
     if not isinstance(doc, dict):
@@ -147,7 +159,7 @@ def load_baseline(path: str) -> Baseline:
     schema = doc.get("schema")
     if schema not in BASELINE_SCHEMAS:
         raise KvmcacheError(
-            f"{path}: baseline schema {schema!r} is not one of {', '.join(BASELINE_SCHEMAS)}"
+            f"{path}: baseline schema {excerpt(schema)} is not one of {', '.join(BASELINE_SCHEMAS)}"
         )
     docs = [doc] if schema == REPLAY_SCHEMA else doc.get("runs")
     if not isinstance(docs, list) or not docs:
@@ -162,17 +174,33 @@ def load_baseline(path: str) -> Baseline:
                 raise KvmcacheError(f"{where}: missing or invalid {key!r}")
         bad = [k for k, v in run["counters"].items() if type(v) is not int]
         if bad:
-            raise KvmcacheError(f"{where}: counter {bad[0]!r} is not an integer")
+            raise KvmcacheError(f"{where}: counter {excerpt(bad[0])} is not an integer")
         neg = [k for k, v in run["counters"].items() if v < 0]
         if neg:
-            raise KvmcacheError(f"{where}: counter {neg[0]!r} is negative")
+            raise KvmcacheError(f"{where}: counter {excerpt(neg[0])} is negative")
+        events = run["trace"].get("events")
+        if events is not None and (type(events) is not int or events < 0):
+            raise KvmcacheError(
+                f"{where}: trace.events is {excerpt(events)}, not a count of events"
+            )
         if run["alloc"] in runs:
-            raise KvmcacheError(f"{path}: strategy {run['alloc']} appears twice")
+            raise KvmcacheError(f"{path}: strategy {excerpt(run['alloc'])} appears twice")
         runs[run["alloc"]] = run
     trace = doc.get("trace") if schema == COMPARE_SCHEMA else doc["trace"]
     if not isinstance(trace, dict):
         trace = docs[0]["trace"]
     return Baseline(path=path, trace=trace, runs=runs)
+
+
+class _LongNumber(ValueError):
+    """A JSON number over :data:`~kvmcache.limits.MAX_NUMBER_CHARS` characters."""
+
+
+def _bounded_int(text: str) -> int:
+    """``int`` for the JSON parser, refusing over-long numbers before Python's own limit."""
+    if len(text) > MAX_NUMBER_CHARS:
+        raise _LongNumber(len(text))
+    return int(text)
 
 
 def _mismatch(baseline: Baseline, what: str) -> KvmcacheError:
@@ -209,7 +237,9 @@ def _show(v: Any) -> str:
         return str(v).lower()
     if isinstance(v, int) and v >= 4096:
         return f"{v:#x}"
-    return str(v)
+    if isinstance(v, str) and len(v) <= 80:
+        return v
+    return excerpt(v) if not isinstance(v, int) else str(v)
 
 
 def check_baseline_runs(

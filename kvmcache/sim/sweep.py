@@ -21,6 +21,7 @@ from typing import Any
 
 from kvmcache import params as params_mod
 from kvmcache.errors import EXIT_USAGE, KvmcacheError
+from kvmcache.limits import SCHEDULER_TIMEOUT
 from kvmcache.sim.counters import COUNTERS
 from kvmcache.sim.replay import ReplayResult
 
@@ -412,19 +413,23 @@ def import_dask() -> types.ModuleType:
 
 
 def run_dask(
-    units: Sequence[Unit], address: Any, on_done: OnDone | None = None
+    units: Sequence[Unit],
+    address: Any,
+    on_done: OnDone | None = None,
+    timeout: float = SCHEDULER_TIMEOUT,
 ) -> list[PointResult]:
     """Run units on an existing Dask cluster (``tcp://HOST:PORT``, or a cluster object).
 
     Workers open each trace by its absolute path, so it must be on a filesystem they share.
     """
     if isinstance(address, str):
-        from kvmcache.sim.dask_address import check_address
+        from kvmcache.sim.dask_address import check_address, probe_scheduler
 
         check_address(address)  # a malformed address fails here, before any connection
+        probe_scheduler(address, timeout)  # a silent or garbage peer fails here, in time
     dd = import_dask()
     try:
-        client = dd.Client(address, timeout="20s", set_as_default=False)
+        client = dd.Client(address, timeout=f"{timeout}s", set_as_default=False)
     except Exception as e:  # OSError, TimeoutError, ValueError for a bad address
         # The half-built Client would close itself in __del__ at exit, waiting 40 s on a
         # stopped loop and printing a traceback: close it now, quietly.
@@ -501,6 +506,7 @@ def run_sweep(
     strict: bool = False,
     jobs: int = 1,
     scheduler: Any = None,
+    scheduler_timeout: float = SCHEDULER_TIMEOUT,
     on_start: Callable[[int], None] | None = None,
     on_done: OnDone | None = None,
 ) -> SweepResult:
@@ -536,7 +542,7 @@ def run_sweep(
     if on_start is not None:
         on_start(sum(len(u.allocs) for u in units))
     if scheduler:
-        out = run_dask(units, scheduler, on_done)
+        out = run_dask(units, scheduler, on_done, scheduler_timeout)
     elif jobs > 1 and len(units) > 1:
         out = run_threads(units, jobs, on_done)
     else:
