@@ -19,7 +19,15 @@ from typing import Any
 
 from kvmcache.atomic import write_atomic
 from kvmcache.errors import EXIT_USAGE, KvmcacheError
-from kvmcache.limits import MAX_NUMBER_CHARS, excerpt, number_too_long, read_small_file
+from kvmcache.limits import (
+    MAX_NUMBER_CHARS,
+    LongNumber,
+    excerpt,
+    json_int,
+    long_json_number,
+    number_too_long,
+    read_small_file,
+)
 from kvmcache.sim.counters import COUNTERS
 
 REPLAY_SCHEMA = "kvmcache.replay/1"
@@ -144,14 +152,11 @@ def load_baseline(path: str) -> Baseline:
     """Read a saved replay or compare report; an unreadable or invalid one is exit 2."""
     data = read_small_file(path, "baseline file", "a baseline file")
     try:
-        doc = json.loads(data.decode("utf-8"), parse_int=_bounded_int)
+        doc = json.loads(data.decode("utf-8"), parse_int=json_int)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise KvmcacheError(f"{path}: baseline is not valid JSON: {e}") from None
-    except _LongNumber as e:
-        raise KvmcacheError(
-            f"{path}: baseline is not valid JSON: a number of {e.args[0]:,} characters is too "
-            f"long (at most {MAX_NUMBER_CHARS})"
-        ) from None
+    except LongNumber as e:
+        raise long_json_number(path, e, "baseline is not valid JSON") from None
     except RecursionError:
         raise KvmcacheError(f"{path}: baseline is not valid JSON: nested too deeply") from None
     if not isinstance(doc, dict):
@@ -190,17 +195,6 @@ def load_baseline(path: str) -> Baseline:
     if not isinstance(trace, dict):
         trace = docs[0]["trace"]
     return Baseline(path=path, trace=trace, runs=runs)
-
-
-class _LongNumber(ValueError):
-    """A JSON number over :data:`~kvmcache.limits.MAX_NUMBER_CHARS` characters."""
-
-
-def _bounded_int(text: str) -> int:
-    """``int`` for the JSON parser, refusing over-long numbers before Python's own limit."""
-    if len(text) > MAX_NUMBER_CHARS:
-        raise _LongNumber(len(text))
-    return int(text)
 
 
 def _mismatch(baseline: Baseline, what: str) -> KvmcacheError:

@@ -94,6 +94,26 @@ def long_number(what: str, text: str) -> KvmcacheError:
     )
 
 
+class LongNumber(ValueError):
+    """A JSON number over :data:`MAX_NUMBER_CHARS` characters (``args[0]``: its length)."""
+
+
+def json_int(text: str) -> int:
+    """``parse_int`` for :func:`json.loads`: refuses over-long numbers (:class:`LongNumber`)
+    before Python's own int-conversion limit raises a bare ValueError."""
+    if len(text) > MAX_NUMBER_CHARS:
+        raise LongNumber(len(text))
+    return int(text)
+
+
+def long_json_number(path: str, e: LongNumber, what: str = "invalid JSON") -> KvmcacheError:
+    """The one-line error for a :class:`LongNumber` in the JSON file ``path``."""
+    return KvmcacheError(
+        f"{path}: {what}: a number of {e.args[0]:,} characters is too long "
+        f"(at most {MAX_NUMBER_CHARS})"
+    )
+
+
 def check_regular_file(path: str, kind: str = "file", what: str | None = None) -> int:
     """The size of ``path``, which must be a regular file of at most
     :data:`MAX_SIDE_FILE_BYTES`; a device, FIFO or directory is refused (one line)."""

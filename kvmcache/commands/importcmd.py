@@ -11,6 +11,7 @@ import yaml
 
 from kvmcache.atomic import atomic_open, output_target, refuse_overwriting_inputs
 from kvmcache.errors import KvmcacheError
+from kvmcache.limits import excerpt
 from kvmcache.trace import import_sidecar_path
 from kvmcache.trace.binary import BinaryWriter
 from kvmcache.trace.importers.mapping import PFN_MAPS, ImportOptions, ImportStats, parse_size
@@ -25,7 +26,7 @@ def _limit(text: str | None, option: str) -> int | None:
         return None
     pages = parse_size(text, option) // PAGE_SIZE
     if pages <= 0:
-        raise KvmcacheError(f"{option} {text!r} is smaller than one 4 KiB page")
+        raise KvmcacheError(f"{option} {excerpt(text)} is smaller than one 4 KiB page")
     return pages
 
 

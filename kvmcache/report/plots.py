@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvmcache.errors import KvmcacheError, reading
+from kvmcache.limits import LongNumber, excerpt, json_int, long_json_number
 from kvmcache.params import PARAMS
 from kvmcache.report.timeline import TIMELINE_COLUMNS
 from kvmcache.sim.counters import COUNTERS, STRATEGIES
@@ -117,7 +118,9 @@ def _int(path: str, row: int, col: str, value: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise KvmcacheError(f"{path}: row {row}: {col} is not an integer: {value!r}") from None
+        raise KvmcacheError(
+            f"{path}: row {row}: {col} is not an integer: {excerpt(value)}"
+        ) from None
 
 
 def _run_from_document(path: str, doc: Any, i: int) -> Run:
@@ -137,9 +140,11 @@ def _run_from_document(path: str, doc: Any, i: int) -> Run:
 
 def _parse_json(path: str, text: str) -> PlotData:
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_int=json_int)
     except json.JSONDecodeError as e:
         raise KvmcacheError(f"{path}: invalid JSON: {e.msg} (line {e.lineno})") from None
+    except LongNumber as e:
+        raise long_json_number(path, e) from None
     except RecursionError:
         raise KvmcacheError(f"{path}: invalid JSON: nested too deeply") from None
     schema = doc.get("schema") if isinstance(doc, dict) else None
@@ -147,7 +152,7 @@ def _parse_json(path: str, text: str) -> PlotData:
         return PlotData("compare", [path], runs=[_run_from_document(path, doc, 0)])
     if schema not in ("kvmcache.sweep/1", "kvmcache.compare/1"):
         raise KvmcacheError(
-            f"{path}: not a kvmcache result this command can plot (schema {schema!r}; expected "
+            f"{path}: not a kvmcache result this command can plot (schema {excerpt(schema)}; expected "
             "kvmcache.sweep/1, kvmcache.compare/1 or kvmcache.replay/1)"
         )
     runs_doc = doc.get("runs")

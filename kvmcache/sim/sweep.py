@@ -21,7 +21,7 @@ from typing import Any
 
 from kvmcache import params as params_mod
 from kvmcache.errors import EXIT_USAGE, KvmcacheError
-from kvmcache.limits import SCHEDULER_TIMEOUT
+from kvmcache.limits import SCHEDULER_TIMEOUT, excerpt
 from kvmcache.sim.counters import COUNTERS
 from kvmcache.sim.replay import ReplayResult
 
@@ -48,18 +48,22 @@ DASK_HINT = "pip install 'kvmcache[dask]'"
 def _parse_range(name: str, item: str, where: str) -> list[Value]:
     parts = item.split(":")
     if len(parts) not in (2, 3) or any(not p.strip() for p in parts):
-        raise KvmcacheError(f"{where}: bad range {item!r}: expected START:STOP or START:STOP:STEP")
+        raise KvmcacheError(
+            f"{where}: bad range {excerpt(item)}: expected START:STOP or START:STOP:STEP"
+        )
     if params_mod.PARAM_BY_NAME[name].is_bool:
         raise KvmcacheError(f"{where}: {name} is a boolean; a range needs an integer parameter")
     start, stop = (params_mod.parse_value(name, p, where) for p in parts[:2])
     step = params_mod.parse_value(name, parts[2], where) if len(parts) == 3 else 1
     assert isinstance(start, int) and isinstance(stop, int) and isinstance(step, int)
     if step < 1:
-        raise KvmcacheError(f"{where}: bad range {item!r}: the step must be >= 1")
+        raise KvmcacheError(f"{where}: bad range {excerpt(item)}: the step must be >= 1")
     if start > stop:
-        raise KvmcacheError(f"{where}: bad range {item!r}: START must be <= STOP")
+        raise KvmcacheError(f"{where}: bad range {excerpt(item)}: START must be <= STOP")
     if (stop - start) // step + 1 > MAX_AXIS_VALUES:
-        raise KvmcacheError(f"{where}: range {item!r} has more than {MAX_AXIS_VALUES} values")
+        raise KvmcacheError(
+            f"{where}: range {excerpt(item)} has more than {MAX_AXIS_VALUES} values"
+        )
     return list(range(start, stop + 1, step))
 
 
@@ -71,13 +75,13 @@ def parse_grid_spec(spec: str) -> tuple[str, list[Value]]:
     it: ``8:64:8`` is 8, 16, ..., 64 and ``8:60:8`` stops at 56. Repeated values are kept
     once, in first-seen order. A bad spec raises :class:`KvmcacheError` (exit 2).
     """
-    where = f"--grid {spec!r}"
+    where = f"--grid {excerpt(spec)}"
     if "=" not in spec:
         raise KvmcacheError(f"{where}: expected NAME=V1,V2,... or NAME=START:STOP[:STEP]")
     name, text = (s.strip() for s in spec.split("=", 1))
     if name not in params_mod.PARAM_BY_NAME:
         known = ", ".join(params_mod.PARAM_BY_NAME)
-        raise KvmcacheError(f"{where}: unknown parameter {name!r} (known: {known})")
+        raise KvmcacheError(f"{where}: unknown parameter {excerpt(name)} (known: {known})")
     values: list[Value] = []
     for item in text.split(","):
         item = item.strip()

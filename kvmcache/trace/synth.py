@@ -24,6 +24,7 @@ import numpy as np
 from numba import njit
 
 from kvmcache.errors import KvmcacheError
+from kvmcache.limits import excerpt
 from kvmcache.trace.binary import BinaryWriter
 from kvmcache.trace.events import (
     EVENT_DTYPE,
@@ -95,7 +96,7 @@ _YAML_EXTS = (".yaml", ".yml")
 def parse_size(text: str | int, what: str = "size") -> int:
     """Bytes of a size such as ``4GiB``, ``512M``, ``0x1000 K`` or ``4096`` (units are powers of 1024)."""
     if isinstance(text, bool):
-        raise KvmcacheError(f"bad {what} {text!r}: expected a size such as 4GiB")
+        raise KvmcacheError(f"bad {what} {excerpt(text)}: expected a size such as 4GiB")
     if isinstance(text, int):
         if text < 0:
             raise KvmcacheError(f"bad {what} {text}: must not be negative")
@@ -103,7 +104,7 @@ def parse_size(text: str | int, what: str = "size") -> int:
     size = size_bytes(str(text), unit_required=False)
     if size is None:
         raise KvmcacheError(
-            f"bad {what} {text!r}: expected a number and a unit B, K/KB/KiB, M/MB/MiB, "
+            f"bad {what} {excerpt(text)}: expected a number and a unit B, K/KB/KiB, M/MB/MiB, "
             "G/GB/GiB or T/TB/TiB, such as 4GiB"
         )
     return size
@@ -876,10 +877,10 @@ def _check_number(name: str, value: float, lo: float, hi: float, hi_open: bool =
     try:
         x = float(value)
     except (TypeError, ValueError):
-        raise KvmcacheError(f"bad {name} {value!r}: not a number") from None
+        raise KvmcacheError(f"bad {name} {excerpt(value)}: not a number") from None
     if not math.isfinite(x) or x < lo or x > hi or (hi_open and x == hi):
         bound = f"[{lo:g}, {hi:g})" if hi_open else f"[{lo:g}, {hi:g}]"
-        raise KvmcacheError(f"bad {name} {value!r}: must be in {bound}")
+        raise KvmcacheError(f"bad {name} {excerpt(value)}: must be in {bound}")
     return x
 
 

@@ -111,6 +111,8 @@ def parse_size(value: Any, key: str) -> int:
         if value < 0:
             raise _Problem(f"{key} {value} is negative")
         return value
+    if number_too_long(value):
+        raise _Problem(f"{key}: a size of {len(value.strip()):,} characters is too long")
     size = size_bytes(value, unit_required=True)
     if size is None:
         raise _Problem(

@@ -16,6 +16,7 @@ from typing import BinaryIO
 import numpy as np
 
 from kvmcache.errors import KvmcacheError
+from kvmcache.limits import excerpt
 from kvmcache.trace.events import (
     EVENT_DTYPE,
     FLAG_PRIVATE,
@@ -84,7 +85,7 @@ def parse_size(text: str, what: str = "size") -> int:
     size = size_bytes(text, unit_required=False)
     if size is None:
         raise KvmcacheError(
-            f"{what} {text!r} is not a size (a number and a unit B, K/KiB, M/MiB, G/GiB or T/TiB)"
+            f"{what} {excerpt(text)} is not a size (a number and a unit B, K/KiB, M/MiB, G/GiB or T/TiB)"
         )
     return size
 
