@@ -483,6 +483,19 @@ def test_without_a_writable_numba_cache_a_temporary_one_is_used(tmp_path):
         f"kvmcache: note: no writable numba cache; caching compiled kernels in {where}\n"
     )
     assert json.loads(p.stdout)["counters"]["faults"] == 1
+    out = tmp_path / "s.kvmt"  # synth compiles helpers of its own (kvmcache/trace/synth.py)
+    p = subprocess.run(
+        [*KVMCACHE, "synth", "steady", "--events", "100", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.splitlines()[0] == (
+        f"kvmcache: note: no writable numba cache; caching compiled kernels in {where}"
+    )
+    assert BinaryTrace(str(out)).header.count == 100
 
 
 def test_without_any_writable_cache_the_kernels_compile_in_memory(monkeypatch, capsys):

@@ -21,10 +21,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from kvmcache.errors import KvmcacheError
 from kvmcache.limits import excerpt
+from kvmcache.sim.jit import compiled as njit  # numba.njit, with the cache fallback
 from kvmcache.trace.binary import BinaryWriter
 from kvmcache.trace.events import (
     EVENT_DTYPE,

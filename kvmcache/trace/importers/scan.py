@@ -21,8 +21,8 @@ numba is imported by this module only, and only when an import is large enough t
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from kvmcache.sim.jit import compiled as njit  # numba.njit, with the cache fallback
 from kvmcache.trace.importers.mapping import (
     C_KVM,
     C_MMU,
