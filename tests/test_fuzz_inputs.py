@@ -225,3 +225,20 @@ def test_hostile_inputs_in_bounded_children(tmp_path):
             assert p.returncode == 0, err  # three records of 4 KiB read in bounded chunks
         else:
             assert p.returncode == 2, (name, err)
+
+
+@pytest.mark.parametrize("seed", [3, 6, 9, 12])
+def test_mutated_inputs_in_bounded_children(tmp_path, seed):
+    argv, inputs = _case(seed, tmp_path)
+    before = _digest(inputs)
+    p = subprocess.run(
+        [*KVMCACHE, *argv],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        preexec_fn=_limited,
+        timeout=CHILD_SECONDS,
+        env={**os.environ, "KVMCACHE_JIT": "0"},
+    )
+    _check(p.returncode, p.stderr.decode("utf-8", "replace"))
+    assert _digest(inputs) == before
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
