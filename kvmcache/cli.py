@@ -19,6 +19,7 @@ import click
 
 from kvmcache import __version__
 from kvmcache.errors import EXIT_INTERNAL, EXIT_USAGE, KvmcacheError
+from kvmcache.limits import one_line
 
 #: command name -> (module under kvmcache.commands, one-line help shown by --help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         rv = cli.main(args=argv, prog_name="kvmcache", standalone_mode=False)
     except KvmcacheError as e:
         _flush_quietly()
-        print(f"kvmcache: error: {e.message}", file=sys.stderr)
+        print(f"kvmcache: error: {one_line(e.message)}", file=sys.stderr)
         sys.exit(e.exit_code)
     except click.exceptions.Abort as e:
         if isinstance(e.__context__, KeyboardInterrupt):
@@ -111,8 +112,11 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(130)
         print("kvmcache: aborted", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    except click.UsageError as e:  # one line; the usage block is for --help
+        print(f"kvmcache: error: {_usage_line(e)}", file=sys.stderr)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
-        e.show()
+        print(f"kvmcache: error: {one_line(e.format_message())}", file=sys.stderr)
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
@@ -131,12 +135,21 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("KVMCACHE_DEBUG"):
             raise
         print(
-            f"kvmcache: internal error: {type(e).__name__}: {e} "
-            "(set KVMCACHE_DEBUG=1 for a traceback)",
+            one_line(
+                f"kvmcache: internal error: {type(e).__name__}: {e} "
+                "(set KVMCACHE_DEBUG=1 for a traceback)"
+            ),
             file=sys.stderr,
         )
         sys.exit(EXIT_INTERNAL)
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _usage_line(e: click.UsageError) -> str:
+    """A click usage error as one line, pointing at the command's --help."""
+    msg = one_line(e.format_message())
+    path = e.ctx.command_path if e.ctx is not None else "kvmcache"
+    return one_line(f"{msg} (see `{path} --help`)")
 
 
 def _flush_quietly() -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvmcache.errors import KvmcacheError
+from kvmcache.limits import excerpt
 from kvmcache.params import parse_mapping
 
 RESERVED = ("limits", "require")
@@ -37,6 +38,7 @@ def load_config(path: str | None) -> Config:
     limits = data.get("limits")
     if limits is not None:
         if isinstance(limits, dict):
+            _check_limit_items(path, limits)
             cfg.limits = [f"{k}={v}" for k, v in limits.items()]
         elif isinstance(limits, list) and all(isinstance(x, str) for x in limits):
             cfg.limits = list(limits)
@@ -53,3 +55,13 @@ def load_config(path: str | None) -> Config:
         cfg.require = list(req)
     cfg.params = parse_mapping({k: v for k, v in data.items() if k not in RESERVED}, path)
     return cfg
+
+
+def _check_limit_items(path: str, limits: dict) -> None:
+    """Each ``limits`` entry is a counter name and a scalar (never a list or mapping, whose
+    text could be huge)."""
+    for k, v in limits.items():
+        if not isinstance(k, str) or isinstance(v, (list, dict, bytes)) or v is None:
+            raise KvmcacheError(
+                f"{path}: limits: {excerpt(k)}: {excerpt(v)} is not COUNTER: VALUE (or '+N%')"
+            )

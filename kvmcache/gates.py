@@ -18,7 +18,13 @@ from fractions import Fraction
 from typing import Any
 
 from kvmcache.atomic import write_atomic
-from kvmcache.errors import EXIT_USAGE, KvmcacheError, reading
+from kvmcache.errors import EXIT_USAGE, KvmcacheError
+from kvmcache.limits import (
+    MAX_NUMBER_CHARS,
+    excerpt,
+    number_too_long,
+    read_small_file,
+)
 from kvmcache.report.documents import BASELINE_SCHEMAS, COMPARE_SCHEMA, VERDICTS, parse_document
 from kvmcache.sim.counters import COUNTERS
 
@@ -31,7 +37,7 @@ REQUIREMENTS: dict[str, tuple[str, tuple[str, ...]]] = {
 STDIN_PATHS = ("-", "<stdin>", "")
 
 _COUNTER_SET = frozenset(COUNTERS)
-_ABS_RE = re.compile(r"^(?:0[xX][0-9a-fA-F_]+|[0-9][0-9_]*)$")
+_ABS_RE = re.compile(r"^(?:0[xX]_?[0-9a-fA-F](?:_?[0-9a-fA-F])*|[0-9](?:_?[0-9])*)$")
 _REL_RE = re.compile(r"^\+?([0-9]+(?:\.[0-9]+)?)%$")
 
 
@@ -58,12 +64,18 @@ def parse_limit(spec: str, source: str = "--limit") -> Limit:
     name, raw = name.strip(), raw.strip()
     if not sep or not name or not raw:
         raise KvmcacheError(
-            f"{source}: {spec!r} is not COUNTER=VALUE or COUNTER=+N% (e.g. cache_pages_idle_peak=+10%)"
+            f"{source}: {excerpt(spec)} is not COUNTER=VALUE or COUNTER=+N% "
+            "(e.g. cache_pages_idle_peak=+10%)"
         )
     if name not in _COUNTER_SET:
         raise KvmcacheError(
-            f"{source}: {spec!r}: unknown counter {name!r} "
+            f"{source}: {excerpt(spec)}: unknown counter {excerpt(name)} "
             "(the names are the keys of `counters` in the JSON report)"
+        )
+    if number_too_long(raw):
+        raise KvmcacheError(
+            f"{source}: {name}: a number of {len(raw):,} characters is too long "
+            f"(at most {MAX_NUMBER_CHARS})"
         )
     m = _REL_RE.match(raw)
     if m:
@@ -71,8 +83,8 @@ def parse_limit(spec: str, source: str = "--limit") -> Limit:
     if _ABS_RE.match(raw):
         return Limit(name, value=int(raw.replace("_", ""), 0 if raw[:2].lower() == "0x" else 10))
     raise KvmcacheError(
-        f"{source}: {spec!r}: {raw!r} is neither a non-negative integer nor a growth "
-        "percentage like +10%"
+        f"{source}: {excerpt(spec)}: {excerpt(raw)} is neither a non-negative integer nor a "
+        "growth percentage like +10%"
     )
 
 
@@ -81,7 +93,7 @@ def parse_requirement(name: str, source: str = "--require") -> str:
     key = name.strip().lower()
     if key not in REQUIREMENTS:
         raise KvmcacheError(
-            f"{source}: unknown requirement {name!r} (known: {', '.join(REQUIREMENTS)})"
+            f"{source}: unknown requirement {excerpt(name)} (known: {', '.join(REQUIREMENTS)})"
         )
     return key
 
@@ -131,9 +143,9 @@ class Baseline:
 
 def load_baseline(path: str) -> Baseline:
     """Read a saved replay or compare report; an unreadable or invalid one is exit 2."""
+    data = read_small_file(path, "baseline file", "a baseline file")
     try:
-        with reading(path, "baseline file", "a baseline file"), open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise KvmcacheError(f"{path}: baseline is not valid JSON: {e}") from None
     schema, doc, docs = parse_document(path, text, BASELINE_SCHEMAS, "baseline")
@@ -142,7 +154,7 @@ def load_baseline(path: str) -> Baseline:
     runs: dict[str, dict[str, Any]] = {}
     for run in docs:
         if run["alloc"] in runs:
-            raise KvmcacheError(f"{path}: strategy {run['alloc']} appears twice")
+            raise KvmcacheError(f"{path}: strategy {excerpt(run['alloc'])} appears twice")
         runs[run["alloc"]] = run
     trace = doc.get("trace") if schema == COMPARE_SCHEMA else doc["trace"]
     if not isinstance(trace, dict):
@@ -184,7 +196,9 @@ def _show(v: Any) -> str:
         return str(v).lower()
     if isinstance(v, int) and v >= 4096:
         return f"{v:#x}"
-    return str(v)
+    if isinstance(v, str) and len(v) <= 80:
+        return v
+    return excerpt(v) if not isinstance(v, int) else str(v)
 
 
 def check_baseline_runs(

@@ -53,6 +53,74 @@ def njit(*signature: Any, **options: Any) -> Callable[[Callable], Callable]:
     """``numba.njit(*signature, **options)``, or the identity in Python mode."""
     if _python:
         return lambda f: f
+    return compiled(*signature, **options)
+
+
+def compiled(*signature: Any, **options: Any) -> Callable[[Callable], Callable]:
+    """``numba.njit(*signature, **options)``, always compiled (the synth and import helpers
+    use it directly). With ``cache=True`` and no writable numba cache, the kernels are
+    cached in a private temporary folder, or compiled in memory (one note on stderr)."""
     from numba import njit as numba_njit
 
-    return numba_njit(*signature, **options)
+    if not options.get("cache"):
+        return numba_njit(*signature, **options)
+
+    def decorate(f: Callable) -> Callable:
+        try:
+            return numba_njit(*signature, **options)(f)
+        except RuntimeError as e:  # "cannot cache function ...: no locator available"
+            if "cannot cache" not in str(e):
+                raise
+            return _without_writable_cache(numba_njit, signature, options, f)
+
+    return decorate
+
+
+def _without_writable_cache(
+    numba_njit: Callable, signature: tuple, options: dict, f: Callable
+) -> Callable:
+    """No writable numba cache (HOME and the installation read-only: a CI container, a
+    shared install): cache under a private folder in the temporary directory, or, failing
+    that, compile in memory for this process. One note on stderr says which."""
+    import tempfile
+
+    from numba import config
+
+    where = os.path.join(tempfile.gettempdir(), f"kvmcache-numba-{os.getuid()}")
+    if config.CACHE_DIR != where and _private_dir(where):
+        config.CACHE_DIR = where
+        try:
+            out = numba_njit(*signature, **options)(f)
+        except RuntimeError:
+            pass
+        else:
+            _note(f"no writable numba cache; caching compiled kernels in {where}")
+            return out
+    _note("no writable numba cache; compiling the kernels in memory (slower start)")
+    return numba_njit(*signature, **{k: v for k, v in options.items() if k != "cache"})(f)
+
+
+def _private_dir(path: str) -> bool:
+    """Whether ``path`` is (or now is) a directory of ours that we can write."""
+    import stat
+
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return (
+        stat.S_ISDIR(st.st_mode)
+        and st.st_uid == os.getuid()
+        and not st.st_mode & 0o022
+        and os.access(path, os.W_OK)
+    )
+
+
+_noted: set[str] = set()
+
+
+def _note(msg: str) -> None:
+    if msg not in _noted:
+        _noted.add(msg)
+        print(f"kvmcache: note: {msg}", file=sys.stderr)

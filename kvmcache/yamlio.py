@@ -15,6 +15,7 @@ from typing import IO, Any
 import yaml
 
 from kvmcache.errors import KvmcacheError, reading
+from kvmcache.limits import MAX_ALIAS_NODES, MAX_NUMBER_CHARS, excerpt, read_small_file
 
 #: The C loader when PyYAML was built with libyaml (same YAML 1.1 rules, much faster).
 _BaseLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -32,7 +33,7 @@ class DuplicateKey(yaml.constructor.ConstructorError):
     """A key given twice in one YAML mapping (PyYAML would silently keep the last)."""
 
     def __init__(self, key: Any, mark: Any) -> None:
-        super().__init__(None, None, f"duplicate key {key!r}", mark)
+        super().__init__(None, None, f"duplicate key {excerpt(key)}", mark)
         self.key = key
         self.line = mark.line + 1 if mark is not None else 0
 
@@ -50,6 +51,95 @@ class UniqueKeyLoader(_BaseLoader):  # type: ignore[misc, valid-type]
         if merged or len(mapping) < len(explicit):
             _check_unique(self, explicit)
         return mapping
+
+    def construct_yaml_int(self, node: Any) -> Any:
+        """A YAML integer; one over :data:`~kvmcache.limits.MAX_NUMBER_CHARS` characters is
+        an error (Python refuses to convert 4,300 digits or more: a ValueError)."""
+        value = node.value
+        if isinstance(value, str) and len(value) > MAX_NUMBER_CHARS:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"a number of {len(value):,} characters is too long (at most {MAX_NUMBER_CHARS})",
+                node.start_mark,
+            )
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:  # `0x_`, `0b_`: the resolver's pattern allows them, int() not
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{excerpt(value)} is not a number", node.start_mark
+            ) from None
+
+
+UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", UniqueKeyLoader.construct_yaml_int)
+
+
+class AliasBomb(yaml.composer.ComposerError):
+    """Aliases that expand beyond the limit (a "billion laughs"), or refer to themselves."""
+
+    def __init__(self, problem: str, mark: Any) -> None:
+        super().__init__(None, None, problem, mark)
+
+
+def alias_bomb(mark: Any, recursive: bool = False) -> AliasBomb:
+    """The error for aliases that expand too far (or into themselves)."""
+    if recursive:
+        return AliasBomb("an alias refers to a structure containing itself", mark)
+    return AliasBomb(
+        f"aliases expand to over {MAX_ALIAS_NODES:,} nodes more than the document holds "
+        "(a YAML alias bomb?)",
+        mark,
+    )
+
+
+def expanded_nodes(node: Any, budget: int, sizes: dict[int, int] | None = None) -> int:
+    """The nodes of ``node`` with every alias expanded (a node shared by several parents
+    counts once per parent); :class:`AliasBomb` as soon as the count exceeds ``budget`` or a
+    node contains itself. Time: one visit per distinct node (sizes are memoised in
+    ``sizes``, keyed by node id; the caller keeps the nodes alive)."""
+    memo: dict[int, int] = {} if sizes is None else sizes
+    active: set[int] = set()
+
+    def size(n: Any) -> int:
+        key = id(n)
+        got = memo.get(key)
+        if got is not None:
+            return got
+        if key in active:
+            raise alias_bomb(n.start_mark, recursive=True)
+        total = 1
+        if isinstance(n, (yaml.SequenceNode, yaml.MappingNode)):
+            active.add(key)
+            children = (
+                n.value
+                if isinstance(n, yaml.SequenceNode)
+                else [c for pair in n.value for c in pair]
+            )
+            for child in children:
+                total += size(child)
+                if total > budget:
+                    raise alias_bomb(n.start_mark)
+            active.discard(key)
+        memo[key] = total
+        return total
+
+    return size(node)
+
+
+def check_aliases(root: Any) -> None:
+    """Refuse a document whose aliases add more than :data:`MAX_ALIAS_NODES` nodes to it."""
+    distinct: set[int] = set()
+    stack = [root]
+    while stack:
+        n = stack.pop()
+        if id(n) in distinct:
+            continue
+        distinct.add(id(n))
+        if isinstance(n, yaml.SequenceNode):
+            stack.extend(n.value)
+        elif isinstance(n, yaml.MappingNode):
+            stack.extend(c for pair in n.value for c in pair)
+    expanded_nodes(root, len(distinct) + MAX_ALIAS_NODES)
 
 
 def _check_unique(loader: Any, key_nodes: list[Any]) -> None:
@@ -122,13 +212,31 @@ def read_text_file(
 
 
 def load_yaml_file(path: str, what: str, kind: str = "file") -> Any:
-    """The one YAML document of a small file (config, sidecar); duplicate keys are errors."""
-    text = read_text_file(path, what, kind)
+    """The one YAML document of a small file (config, sidecar): a regular file of at most
+    :data:`~kvmcache.limits.MAX_SIDE_FILE_BYTES`; duplicate keys, over-long numbers and
+    aliases expanding beyond :data:`~kvmcache.limits.MAX_ALIAS_NODES` are errors."""
+    import io
+
+    data = read_small_file(path, kind, what)
+    text = read_text_stream(io.BytesIO(data), path, what)
     try:
-        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a safe loader
+        return _load_checked(text)
     except DuplicateKey as e:
-        raise KvmcacheError(f"{path}: line {e.line}: duplicate key {e.key!r}") from None
+        raise KvmcacheError(f"{path}: line {e.line}: duplicate key {excerpt(e.key)}") from None
     except yaml.YAMLError as e:
         raise yaml_error(path, e) from None
     except RecursionError:
         raise KvmcacheError(f"{path}: invalid YAML: nested too deeply") from None
+
+
+def _load_checked(text: str) -> Any:
+    """``safe_load`` of one document with unique keys, after the alias check."""
+    loader = UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        check_aliases(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()

@@ -217,7 +217,10 @@ def test_sigterm_removes_the_temporary_output(tmp_path):
     [
         (["replay", "{t}", "--set", "capacity=-1"], "capacity: must be >= 0, got -1"),
         (["replay", "{t}", "--set", "desc_bytes=99999999999999999999999"], "is too large"),
-        (["replay", "{t}", "--set", "capacity=1000000000"], "capacity and pamt_pairs"),
+        (
+            ["replay", "{t}", "--set", "capacity=1000000000"],
+            "parameter capacity: 1000000000 is too",
+        ),
         (["synth", "steady", "-o", "x.kvmt", "--events", str(2**63)], "to 2**62 - 1"),
     ],
 )

@@ -12,6 +12,7 @@ from kvmcache.errors import KvmcacheError
 from kvmcache.importers.mapping import PFN_MAPS, ImportOptions, ImportStats
 from kvmcache.importers.sources import import_paths
 from kvmcache.importers.text import FORMATS, SKIP_REASONS
+from kvmcache.limits import excerpt
 from kvmcache.trace.output import TraceOutput
 from kvmcache.trace.sizes import parse_size
 
@@ -23,7 +24,7 @@ def _limit(text: str | None, option: str) -> int | None:
         return None
     pages = parse_size(text, option) // PAGE_SIZE
     if pages <= 0:
-        raise KvmcacheError(f"{option} {text!r} is smaller than one 4 KiB page")
+        raise KvmcacheError(f"{option} {excerpt(text)} is smaller than one 4 KiB page")
     return pages
 
 

@@ -7,7 +7,6 @@ import os
 from typing import Any
 
 import click
-import yaml
 
 from kvmcache import __version__
 from kvmcache.errors import KvmcacheError
@@ -22,12 +21,10 @@ def _load_import(path: str) -> dict[str, Any] | None:
     side = import_sidecar_path(path)
     if not os.path.exists(side):
         return None
-    try:
-        with open(side, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        problem = " ".join(str(e).split())
-        raise KvmcacheError(f"{side}: cannot read import sidecar: {problem}") from None
+    from kvmcache.yamlio import load_yaml_file
+
+    # Capped in size and alias expansion; one line naming the sidecar for any problem.
+    data = load_yaml_file(side, "an import sidecar", kind="import sidecar")
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -94,6 +94,13 @@ def points_progress(enabled: bool) -> Iterator[tuple[Callable[[int], None], Call
     "Workers read traces by path: use a filesystem they share. Needs kvmcache[dask].",
 )
 @click.option(
+    "--scheduler-timeout",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Seconds to wait for the Dask scheduler to resolve, connect and answer (default 5).",
+)
+@click.option(
     "--sort",
     "sort_by",
     default="cache_pages_idle_peak",
@@ -121,6 +128,7 @@ def command(
     config_path: str | None,
     jobs: int | None,
     scheduler: str | None,
+    scheduler_timeout: float | None,
     sort_by: str,
     fmt: str | None,
     output: str | None,
@@ -148,6 +156,7 @@ def command(
             raise KvmcacheError("--jobs and --scheduler exclude each other; choose one")
     if scheduler is not None:
         scheduler = scheduler.strip() or None
+    timeout = _scheduler_timeout(scheduler_timeout)
     if scheduler:
         sweep_mod.import_dask()  # fail early, before any trace is read
     sweep_mod.sort_key(sort_by)
@@ -167,6 +176,7 @@ def command(
             strict=strict,
             jobs=jobs or os.cpu_count() or 1,
             scheduler=scheduler,
+            scheduler_timeout=timeout,
             on_start=on_start,
             on_done=on_done,
         )
@@ -182,3 +192,16 @@ def command(
     doc = sweep_document(result, sort_by) if fmt == "json" else {}
     report = Report("sweep", doc, sweep=result, sort_by=sort_by)
     common.emit(report, fmt, output)
+
+
+def _scheduler_timeout(value: float | None) -> float:
+    """``--scheduler-timeout``: a positive number of seconds (default: docs/limits.md)."""
+    from kvmcache.limits import SCHEDULER_TIMEOUT
+
+    if value is None:
+        return SCHEDULER_TIMEOUT
+    if not 0 < value <= 86400:  # NaN fails too
+        raise KvmcacheError(
+            f"--scheduler-timeout: {value:g} is not a number of seconds in (0, 86400]"
+        )
+    return value

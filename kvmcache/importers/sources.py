@@ -12,9 +12,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -28,7 +29,12 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _BZIP2_MAGIC = b"BZh"
 _XZ_MAGIC = b"\xfd7zXZ\x00"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, lzma.LZMAError)
+_DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    EOFError,
+    lzma.LZMAError,
+    zlib.error,
+)
 
 #: binary magic -> (producer, command line before the file, what to install)
 TOOLS: dict[bytes, tuple[str, tuple[str, ...], str]] = {
@@ -57,9 +63,114 @@ def _decompressor(raw: BinaryIO, name: str) -> BinaryIO:
         global _DECOMPRESS_ERRORS
         if zstandard.ZstdError not in _DECOMPRESS_ERRORS:
             _DECOMPRESS_ERRORS = (*_DECOMPRESS_ERRORS, zstandard.ZstdError)
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        return io.BufferedReader(reader)  # type: ignore[arg-type]
+        tracked = _ZstdFrames(raw)
+        reader = zstandard.ZstdDecompressor().stream_reader(tracked, read_across_frames=True)
+        return io.BufferedReader(_ZstdChecked(reader, tracked))  # type: ignore[arg-type]
     return raw
+
+
+class _ZstdFrames(io.RawIOBase):
+    """The compressed stream, read through while following its frame structure (RFC 8878:
+    frame headers, block headers, checksums, skippable frames), so that an input that ends
+    inside a frame is known; python-zstandard's reader ends quietly there."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.pending = bytearray()  # bytes of the structure being parsed
+        self.skip = 0  # payload bytes still to pass over
+        self.state = "magic"
+        self.need = 4
+        self.checksum = False
+        self.eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        data = self.raw.read(len(b))
+        if not data:
+            self.eof = True
+            return 0
+        b[: len(data)] = data
+        self._feed(memoryview(data))
+        return len(data)
+
+    def _feed(self, data: memoryview) -> None:
+        i = 0
+        while i < len(data):
+            if self.skip:
+                n = min(self.skip, len(data) - i)
+                self.skip -= n
+                i += n
+                continue
+            n = min(self.need - len(self.pending), len(data) - i)
+            self.pending += data[i : i + n]
+            i += n
+            if len(self.pending) == self.need:
+                self._parsed(bytes(self.pending))
+
+    def _parsed(self, got: bytes) -> None:
+        self.pending.clear()
+        state = self.state
+        if state == "magic":
+            magic = int.from_bytes(got, "little")
+            if magic & 0xFFFFFFF0 == 0x184D2A50:
+                self.state, self.need = "skippable", 4
+            elif magic == 0xFD2FB528:
+                self.state, self.need = "fhd", 1
+            else:
+                raise EOFError("not a zstd frame (bad magic inside the stream)")
+        elif state == "skippable":
+            self.skip = int.from_bytes(got, "little")
+            self.state, self.need = "magic", 4
+        elif state == "fhd":
+            fhd = got[0]
+            single = bool(fhd & 0x20)
+            self.checksum = bool(fhd & 0x04)
+            fcs = (1 if single else 0, 2, 4, 8)[fhd >> 6]
+            rest = (0 if single else 1) + (0, 1, 2, 4)[fhd & 3] + fcs
+            self.state, self.need = "block", 3
+            if rest:
+                self.state, self.need = "header", rest
+        elif state == "header":
+            self.state, self.need = "block", 3
+        elif state == "block":
+            head = int.from_bytes(got, "little")
+            last, kind, size = head & 1, (head >> 1) & 3, head >> 3
+            self.skip = 1 if kind == 1 else size
+            if last:
+                self.state, self.need = ("checksum", 4) if self.checksum else ("magic", 4)
+        elif state == "checksum":
+            self.state, self.need = "magic", 4
+
+    @property
+    def complete(self) -> bool:
+        """At a frame boundary (the input ended between frames, or is empty)."""
+        return self.state == "magic" and not self.pending and not self.skip
+
+
+class _ZstdChecked(io.RawIOBase):
+    """The decompressed stream; an input that ends inside a frame is an error (EOFError)."""
+
+    def __init__(self, reader: Any, frames: _ZstdFrames) -> None:
+        self.reader = reader
+        self.frames = frames
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        data = self.reader.read(len(b))
+        if not data:
+            if not self.frames.complete:
+                raise EOFError("compressed file ended before the end-of-stream marker was reached")
+            return 0
+        b[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.reader.close()
+        super().close()
 
 
 def _peek(stream: BinaryIO, n: int) -> bytes:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvmcache import __version__
 from kvmcache.errors import KvmcacheError
+from kvmcache.limits import LongNumber, excerpt, json_int, long_json_number
 from kvmcache.results import VERDICTS, ReplayResult, verdict
 from kvmcache.sim.counters import COUNTERS
 
@@ -145,7 +146,9 @@ def parse_document(
     documents (a replay document is its own one run), each checked: a strategy, parameters,
     a trace and non-negative integer counters. Anything else is one error line (exit 2)."""
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_int=json_int)
+    except LongNumber as e:
+        raise long_json_number(path, e, f"{what} is not valid JSON") from None
     except ValueError as e:  # JSONDecodeError
         raise KvmcacheError(f"{path}: {what} is not valid JSON: {e}") from None
     except RecursionError:
@@ -154,7 +157,9 @@ def parse_document(
         raise KvmcacheError(f"{path}: {what} is not a kvmcache report (not a JSON object)")
     schema = doc.get("schema")
     if schema not in schemas:
-        raise KvmcacheError(f"{path}: {what} schema {schema!r} is not one of {', '.join(schemas)}")
+        raise KvmcacheError(
+            f"{path}: {what} schema {excerpt(schema)} is not one of {', '.join(schemas)}"
+        )
     runs = [doc] if schema == REPLAY_SCHEMA else doc.get("runs")
     if not isinstance(runs, list):
         raise KvmcacheError(f"{path}: {what} has no runs")
@@ -171,7 +176,10 @@ def _check_run(run: Any, where: str) -> None:
             raise KvmcacheError(f"{where}: missing or invalid {key!r}")
     bad = [k for k, v in run["counters"].items() if type(v) is not int]
     if bad:
-        raise KvmcacheError(f"{where}: counter {bad[0]!r} is not an integer")
+        raise KvmcacheError(f"{where}: counter {excerpt(bad[0])} is not an integer")
     neg = [k for k, v in run["counters"].items() if v < 0]
     if neg:
-        raise KvmcacheError(f"{where}: counter {neg[0]!r} is negative")
+        raise KvmcacheError(f"{where}: counter {excerpt(neg[0])} is negative")
+    events = run["trace"].get("events")
+    if events is not None and (type(events) is not int or events < 0):
+        raise KvmcacheError(f"{where}: trace.events is {excerpt(events)}, not a count of events")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvmcache.errors import KvmcacheError, reading
+from kvmcache.limits import excerpt
 from kvmcache.params import PARAMS
 from kvmcache.report.documents import COMPARE_SCHEMA, REPLAY_SCHEMA, SWEEP_SCHEMA, parse_document
 from kvmcache.results import TIMELINE_COLUMNS, spinlock_cost
@@ -119,7 +120,9 @@ def _int(path: str, row: int, col: str, value: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise KvmcacheError(f"{path}: row {row}: {col} is not an integer: {value!r}") from None
+        raise KvmcacheError(
+            f"{path}: row {row}: {col} is not an integer: {excerpt(value)}"
+        ) from None
 
 
 def _run_from_document(doc: dict[str, Any]) -> Run:

@@ -1,7 +1,7 @@
 """The numba model of MODEL.md: one jitted pass over a chunk of events.
 
 Every function is ``@njit(cache=True, nogil=True)`` (plus ``_nrt=False``, see ``JIT``; the
-Python body runs for tiny traces, see kvmcache/sim/jit.py)
+Python body runs for tiny traces, see kvmcache/jit.py)
 over three preallocated arrays:
 
 * ``m`` (int64): parameters, scalars, region offsets and counters at fixed indices

@@ -51,7 +51,9 @@ def resolve_params(
 ) -> dict[str, int | bool]:
     """Merge defaults < trace params < config file < --set, and validate."""
     trace_params = params_mod.parse_mapping(header.params or {}, header.path or "trace")
-    return params_mod.merge(trace_params, config, overrides)
+    merged = params_mod.merge(trace_params, config, overrides)
+    params_mod.check_region(header.host_pfn_limit, merged, header.path or "trace")
+    return merged
 
 
 class _Run:

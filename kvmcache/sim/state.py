@@ -18,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from kvmcache.errors import KvmcacheError
+from kvmcache.params import MAX_PFN
 from kvmcache.sim import kernel as K
 from kvmcache.sim.counters import STRATEGIES
 from kvmcache.trace.events import TraceHeader
@@ -33,9 +34,6 @@ INITIAL_SLOTS = 1024
 #: per-range state only for the ranges the trace touches (a hash), not densely.
 DENSE_RANGES_MAX = 1 << 20
 INITIAL_SPARSE_RANGES = 4096
-#: The model indexes host ranges in int64 words: host memory plus the kernel region must
-#: end below 2^54 pfns (64 EiB).
-MAX_HOST_PFNS = 1 << 54
 #: Section 8 costs, kept as u64 in u.
 NS_SLOTS = (
     (K.U_NS_ALLOC, "ns_alloc"),
@@ -183,7 +181,7 @@ def build(
     kbase = kernel_base(header, params)
     kpages = int(params["kernel_pages"])
     host_ranges = -(-max(header.host_pfn_limit, kbase + kpages) // 512)
-    if host_ranges * 512 > MAX_HOST_PFNS:
+    if host_ranges * 512 > MAX_PFN:
         raise KvmcacheError(
             f"{header.path or 'trace'}: host memory plus the kernel region end at pfn "
             f"{host_ranges * 512:#x}, beyond the 2^54 pfns the model indexes; lower "

@@ -21,6 +21,7 @@ from typing import Any
 
 from kvmcache import params as params_mod
 from kvmcache.errors import EXIT_USAGE, KvmcacheError
+from kvmcache.limits import SCHEDULER_TIMEOUT, excerpt
 from kvmcache.results import VERDICTS, ReplayResult, spinlock_cost
 from kvmcache.sim.counters import COUNTERS
 
@@ -47,18 +48,22 @@ DASK_HINT = "pip install 'kvmcache[dask]'"
 def _parse_range(name: str, item: str, where: str) -> list[Value]:
     parts = item.split(":")
     if len(parts) not in (2, 3) or any(not p.strip() for p in parts):
-        raise KvmcacheError(f"{where}: bad range {item!r}: expected START:STOP or START:STOP:STEP")
+        raise KvmcacheError(
+            f"{where}: bad range {excerpt(item)}: expected START:STOP or START:STOP:STEP"
+        )
     if params_mod.PARAM_BY_NAME[name].is_bool:
         raise KvmcacheError(f"{where}: {name} is a boolean; a range needs an integer parameter")
     start, stop = (params_mod.parse_value(name, p, where) for p in parts[:2])
     step = params_mod.parse_value(name, parts[2], where) if len(parts) == 3 else 1
     assert isinstance(start, int) and isinstance(stop, int) and isinstance(step, int)
     if step < 1:
-        raise KvmcacheError(f"{where}: bad range {item!r}: the step must be >= 1")
+        raise KvmcacheError(f"{where}: bad range {excerpt(item)}: the step must be >= 1")
     if start > stop:
-        raise KvmcacheError(f"{where}: bad range {item!r}: START must be <= STOP")
+        raise KvmcacheError(f"{where}: bad range {excerpt(item)}: START must be <= STOP")
     if (stop - start) // step + 1 > MAX_AXIS_VALUES:
-        raise KvmcacheError(f"{where}: range {item!r} has more than {MAX_AXIS_VALUES} values")
+        raise KvmcacheError(
+            f"{where}: range {excerpt(item)} has more than {MAX_AXIS_VALUES} values"
+        )
     return list(range(start, stop + 1, step))
 
 
@@ -70,13 +75,13 @@ def parse_grid_spec(spec: str) -> tuple[str, list[Value]]:
     it: ``8:64:8`` is 8, 16, ..., 64 and ``8:60:8`` stops at 56. Repeated values are kept
     once, in first-seen order. A bad spec raises :class:`KvmcacheError` (exit 2).
     """
-    where = f"--grid {spec!r}"
+    where = f"--grid {excerpt(spec)}"
     if "=" not in spec:
         raise KvmcacheError(f"{where}: expected NAME=V1,V2,... or NAME=START:STOP[:STEP]")
     name, text = (s.strip() for s in spec.split("=", 1))
     if name not in params_mod.PARAM_BY_NAME:
         known = ", ".join(params_mod.PARAM_BY_NAME)
-        raise KvmcacheError(f"{where}: unknown parameter {name!r} (known: {known})")
+        raise KvmcacheError(f"{where}: unknown parameter {excerpt(name)} (known: {known})")
     values: list[Value] = []
     for item in text.split(","):
         item = item.strip()
@@ -412,19 +417,23 @@ def import_dask() -> types.ModuleType:
 
 
 def run_dask(
-    units: Sequence[Unit], address: Any, on_done: OnDone | None = None
+    units: Sequence[Unit],
+    address: Any,
+    on_done: OnDone | None = None,
+    timeout: float = SCHEDULER_TIMEOUT,
 ) -> list[PointResult]:
     """Run units on an existing Dask cluster (``tcp://HOST:PORT``, or a cluster object).
 
     Workers open each trace by its absolute path, so it must be on a filesystem they share.
     """
     if isinstance(address, str):
-        from kvmcache.sim.dask_address import check_address
+        from kvmcache.sim.dask_address import check_address, probe_scheduler
 
         check_address(address)  # a malformed address fails here, before any connection
+        probe_scheduler(address, timeout)  # a silent or garbage peer fails here, in time
     dd = import_dask()
     try:
-        client = dd.Client(address, timeout="20s", set_as_default=False)
+        client = dd.Client(address, timeout=f"{timeout}s", set_as_default=False)
     except Exception as e:  # OSError, TimeoutError, ValueError for a bad address
         # The half-built Client would close itself in __del__ at exit, waiting 40 s on a
         # stopped loop and printing a traceback: close it now, quietly.
@@ -501,6 +510,7 @@ def run_sweep(
     strict: bool = False,
     jobs: int = 1,
     scheduler: Any = None,
+    scheduler_timeout: float = SCHEDULER_TIMEOUT,
     on_start: Callable[[int], None] | None = None,
     on_done: OnDone | None = None,
 ) -> SweepResult:
@@ -536,7 +546,7 @@ def run_sweep(
     if on_start is not None:
         on_start(sum(len(u.allocs) for u in units))
     if scheduler:
-        out = run_dask(units, scheduler, on_done)
+        out = run_dask(units, scheduler, on_done, scheduler_timeout)
     elif jobs > 1 and len(units) > 1:
         out = run_threads(units, jobs, on_done)
     else:

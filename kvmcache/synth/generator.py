@@ -23,6 +23,7 @@ import numpy as np
 
 from kvmcache.errors import KvmcacheError
 from kvmcache.jit import NO_NRT, NO_NRT_INLINE, njit
+from kvmcache.limits import excerpt
 from kvmcache.synth.scenarios import (
     BACKINGS,
     DEFAULT_BACKING,
@@ -835,10 +836,10 @@ def _check_number(name: str, value: float, lo: float, hi: float, hi_open: bool =
     try:
         x = float(value)
     except (TypeError, ValueError):
-        raise KvmcacheError(f"bad {name} {value!r}: not a number") from None
+        raise KvmcacheError(f"bad {name} {excerpt(value)}: not a number") from None
     if not math.isfinite(x) or x < lo or x > hi or (hi_open and x == hi):
         bound = f"[{lo:g}, {hi:g})" if hi_open else f"[{lo:g}, {hi:g}]"
-        raise KvmcacheError(f"bad {name} {value!r}: must be in {bound}")
+        raise KvmcacheError(f"bad {name} {excerpt(value)}: must be in {bound}")
     return x
 
 

@@ -199,4 +199,7 @@ def _load_sidecar(header: TraceHeader) -> None:
         return
     if not isinstance(data, dict):
         raise KvmcacheError(f"{side}: parameters sidecar must be a mapping of NAME: VALUE")
+    from kvmcache.params import parse_mapping
+
+    parse_mapping(data, side)  # a bad name or value is an error naming the sidecar
     header.params = dict(data)

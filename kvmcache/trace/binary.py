@@ -13,6 +13,7 @@ import numpy as np
 
 from kvmcache.atomic import open_output, unlink_quietly
 from kvmcache.errors import KvmcacheError
+from kvmcache.limits import MAX_CHUNK_BYTES, MAX_HEADER_SIZE, MAX_RECORD_SIZE
 from kvmcache.trace.events import EVENT_DTYPE, VM_TYPES, TraceHeader
 
 MAGIC = b"KVMCTRC\0"
@@ -81,6 +82,7 @@ def parse_header(raw: bytes, path: str) -> tuple[TraceHeader, int, int]:
         raise KvmcacheError(f"{path}: unknown trace format version {major}.{minor}")
     if hsize < HEADER_SIZE or rsize < RECORD_SIZE:
         raise KvmcacheError(f"{path}: invalid header (header size {hsize}, record size {rsize})")
+    _check_sizes(path, hsize, rsize)
     if vmt >= len(VM_TYPES):
         raise KvmcacheError(f"{path}: invalid header: unknown vm type code {vmt}")
     if root not in (4, 5):
@@ -99,6 +101,22 @@ def parse_header(raw: bytes, path: str) -> tuple[TraceHeader, int, int]:
         format="binary",
     )
     return header, hsize, rsize
+
+
+def _check_sizes(path: str, hsize: int, rsize: int) -> None:
+    """Header and record sizes a later minor version may declare, up to the limits of
+    docs/limits.md (a larger value is a corrupt header, not an extension)."""
+    if hsize > MAX_HEADER_SIZE or rsize > MAX_RECORD_SIZE:
+        raise KvmcacheError(
+            f"{path}: invalid header (header size {hsize}, record size {rsize}; "
+            f"each at most {MAX_RECORD_SIZE >> 20} MiB)"
+        )
+
+
+def chunk_records(chunk_events: int, rsize: int) -> int:
+    """Records per chunk: at most ``chunk_events`` and at most
+    :data:`~kvmcache.limits.MAX_CHUNK_BYTES` of records of ``rsize`` bytes."""
+    return max(1, min(chunk_events, MAX_CHUNK_BYTES // rsize))
 
 
 def _record_view_dtype(rsize: int) -> np.dtype:
@@ -209,8 +227,9 @@ class BinaryTrace:
         if n == 0:
             return
         view_dtype = _record_view_dtype(self._rsize)
-        for start in range(0, n, self.chunk_events):
-            count = min(self.chunk_events, n - start)
+        step = chunk_records(self.chunk_events, self._rsize)
+        for start in range(0, n, step):
+            count = min(step, n - start)
             part = np.memmap(
                 self.path,
                 dtype=view_dtype,
@@ -232,9 +251,10 @@ class BinaryTrace:
         rs = self._rsize
         view_dtype = _record_view_dtype(rs)
         remaining = self.header.count
-        buf = bytearray(self.chunk_events * rs)
+        step = chunk_records(self.chunk_events, rs)
+        buf = bytearray(step * rs)
         while remaining is None or remaining > 0:
-            want = self.chunk_events if remaining is None else min(self.chunk_events, remaining)
+            want = step if remaining is None else min(step, remaining)
             got = _readinto_full(self._stream, memoryview(buf)[: want * rs])
             nrec, tail = divmod(got, rs)
             if nrec:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+from kvmcache.limits import MAX_NUMBER_CHARS, excerpt
+
 _UNIT = r"(b|kib|kb|k|mib|mb|m|gib|gb|g|tib|tb|t)"
 _NUMBER = r"^\s*(0x[0-9a-f]+|[0-9]+)\s*"
 _WITH_UNIT = re.compile(_NUMBER + _UNIT + r"\s*$", re.IGNORECASE)
@@ -15,6 +17,8 @@ _SHIFT = {"b": 0, "k": 10, "m": 20, "g": 30, "t": 40}
 def size_bytes(text: str, *, unit_required: bool) -> int | None:
     """Bytes of ``text``, or None when it is not a size. Without ``unit_required`` a bare
     number is a byte count (the command-line form; YAML strings need a unit)."""
+    if len(text) > MAX_NUMBER_CHARS + 8:  # a number, blanks and a unit
+        return None  # never passed to int(): Python refuses 4,300 digits (a ValueError)
     m = (_WITH_UNIT if unit_required else _UNIT_OPTIONAL).match(text)
     if m is None:
         return None
@@ -27,7 +31,7 @@ def size_bytes(text: str, *, unit_required: bool) -> int | None:
 def not_a_size(what: str, text: object) -> str:
     """The one message for a value that is not a size."""
     return (
-        f"{what} {text!r} is not a size (a decimal or 0x number and a unit "
+        f"{what} {excerpt(text)} is not a size (a decimal or 0x number and a unit "
         "B, K/KB/KiB, M/MB/MiB, G/GB/GiB or T/TB/TiB)"
     )
 

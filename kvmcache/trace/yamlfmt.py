@@ -12,6 +12,7 @@ import yaml
 
 from kvmcache.atomic import atomic_open
 from kvmcache.errors import KvmcacheError
+from kvmcache.limits import MAX_ALIAS_NODES, excerpt, number_too_long
 from kvmcache.params import parse_mapping
 from kvmcache.trace import validate as v
 from kvmcache.trace.events import (
@@ -36,7 +37,15 @@ from kvmcache.trace.events import (
     TraceHeader,
 )
 from kvmcache.trace.sizes import not_a_size, size_bytes
-from kvmcache.yamlio import BINARY_TEXT, DuplicateKey, UniqueKeyLoader, read_text_file, yaml_error
+from kvmcache.yamlio import (
+    BINARY_TEXT,
+    DuplicateKey,
+    UniqueKeyLoader,
+    alias_bomb,
+    expanded_nodes,
+    read_text_file,
+    yaml_error,
+)
 
 #: The C loader when PyYAML was built with libyaml (same YAML 1.1 rules, much faster),
 #: refusing a key repeated in one mapping (an event, ``vm``, ``params``).
@@ -68,7 +77,7 @@ def _show(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (list, dict)):
         return "a list" if isinstance(value, list) else "a mapping"
-    return repr(value)
+    return excerpt(value)
 
 
 def _int_field(value: Any, key: str) -> int:
@@ -76,10 +85,12 @@ def _int_field(value: Any, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise _Problem(f"{key} must be an integer, got {_show(value)}")
     if isinstance(value, str):
+        if number_too_long(value):
+            raise _Problem(f"{key}: a number of {len(value.strip()):,} characters is too long")
         try:
             value = int(value, 0)
         except ValueError:
-            raise _Problem(f"{key} {value!r} is not an integer") from None
+            raise _Problem(f"{key} {excerpt(value)} is not an integer") from None
     if not 0 <= value <= U64_MAX:
         raise _Problem(f"{key} {value} does not fit an unsigned 64-bit integer")
     return value
@@ -100,6 +111,8 @@ def parse_size(value: Any, key: str) -> int:
         if value < 0:
             raise _Problem(f"{key} {value} is negative")
         return value
+    if number_too_long(value):
+        raise _Problem(f"{key}: a size of {len(value.strip()):,} characters is too long")
     size = size_bytes(value, unit_required=True)
     if size is None:
         raise _Problem(not_a_size(key, value))
@@ -132,6 +145,22 @@ class _Composer:
     def __init__(self, loader: Any) -> None:
         self.loader = loader
         self.anchors: dict[str, yaml.Node] = {}
+        # Alias budget (docs/limits.md): nodes composed, nodes reached through aliases, the
+        # expanded size of each anchored node (by id; the anchor keeps the node alive) and
+        # the nodes still open (an alias to one of them is a structure containing itself).
+        self.nodes = 0
+        self.alias_nodes = 0
+        self.sizes: dict[int, int] = {}
+        self.open: set[int] = set()
+
+    def _alias(self, node: yaml.Node, mark: Any) -> None:
+        """Count the nodes an alias adds; refuse a bomb or a self-reference."""
+        if id(node) in self.open:
+            raise alias_bomb(mark, recursive=True)
+        budget = self.nodes + MAX_ALIAS_NODES - self.alias_nodes
+        self.alias_nodes += expanded_nodes(node, budget, self.sizes)
+        if self.alias_nodes > self.nodes + MAX_ALIAS_NODES:
+            raise alias_bomb(mark)
 
     def _resolve(self, kind: type, value: Any, implicit: Any, tag: str | None) -> str:
         if tag is None or tag == "!":
@@ -139,7 +168,11 @@ class _Composer:
         return tag
 
     def _anchor(self, event: Any, node: yaml.Node) -> None:
+        self.nodes += 1
         if event.anchor is not None:
+            old = self.anchors.get(event.anchor)
+            if old is not None:
+                self.sizes.clear()  # ids of a dropped node's subtree may be reused
             self.anchors[event.anchor] = node
 
     def compose(self) -> yaml.Node:
@@ -151,7 +184,9 @@ class _Composer:
                 raise yaml.composer.ComposerError(
                     None, None, f"found undefined alias {event.anchor!r}", event.start_mark
                 )
-            return self.anchors[event.anchor]
+            node = self.anchors[event.anchor]
+            self._alias(node, event.start_mark)
+            return node
         if isinstance(event, yaml.ScalarEvent):
             tag = self._resolve(yaml.ScalarNode, event.value, event.implicit, event.tag)
             node: yaml.Node = yaml.ScalarNode(
@@ -163,17 +198,21 @@ class _Composer:
             tag = self._resolve(yaml.SequenceNode, None, event.implicit, event.tag)
             node = yaml.SequenceNode(tag, [], event.start_mark, None, flow_style=event.flow_style)
             self._anchor(event, node)
+            self.open.add(id(node))
             while not check(yaml.SequenceEndEvent):
                 node.value.append(self.compose())
+            self.open.discard(id(node))
             node.end_mark = get().end_mark
             return node
         if isinstance(event, yaml.MappingStartEvent):
             tag = self._resolve(yaml.MappingNode, None, event.implicit, event.tag)
             node = yaml.MappingNode(tag, [], event.start_mark, None, flow_style=event.flow_style)
             self._anchor(event, node)
+            self.open.add(id(node))
             while not check(yaml.MappingEndEvent):
                 key = self.compose()
                 node.value.append((key, self.compose()))
+            self.open.discard(id(node))
             node.end_mark = get().end_mark
             return node
         raise yaml.composer.ComposerError(
@@ -217,7 +256,9 @@ def _header(
     unknown = [k for k in data if k not in TOP_KEYS]
     if unknown and not partial:
         known = ", ".join(TOP_KEYS)
-        raise fail(f"unknown top-level key {unknown[0]!r} (allowed: {known})", str(unknown[0]))
+        raise fail(
+            f"unknown top-level key {excerpt(unknown[0])} (allowed: {known})", str(unknown[0])
+        )
     try:
         version = _plain_int(data["kvmcache-trace"], "kvmcache-trace")
     except _Problem as e:
@@ -247,7 +288,7 @@ def _header(
 
     unknown = [k for k in vm if k not in VM_KEYS]
     if unknown:
-        raise vfail(f"unknown key {unknown[0]!r} (allowed: {', '.join(VM_KEYS)})")
+        raise vfail(f"unknown key {excerpt(unknown[0])} (allowed: {', '.join(VM_KEYS)})")
     for key in ("type", "root_level"):
         if key not in vm:
             raise vfail(f"missing required key {key}")
@@ -303,7 +344,7 @@ def _event(ev: Any, prev_ts: int, header: TraceHeader) -> tuple[int, int, int, i
         raise _Problem(f"an event must be a mapping like {{ts: 0, op: vm_create}}, got {_show(ev)}")
     for key in ev:
         if key not in EVENT_KEYS:
-            raise _Problem(f"unknown key {key!r} (event keys are {' '.join(EVENT_KEYS)})")
+            raise _Problem(f"unknown key {excerpt(key)} (event keys are {' '.join(EVENT_KEYS)})")
     if "op" not in ev:
         raise _Problem("missing required key op")
     op = _op(ev["op"])
@@ -420,7 +461,7 @@ def _read(path: str, loader: Any) -> tuple[TraceHeader, np.ndarray]:
                 f"{path}: line {line}: a top-level key must be a plain name"
             ) from None
         if duplicate:
-            raise KvmcacheError(f"{path}: line {line}: duplicate top-level key {key!r}")
+            raise KvmcacheError(f"{path}: line {line}: duplicate top-level key {excerpt(key)}")
         lines[str(key)] = line
         if key == "events" and loader.check_event(yaml.SequenceStartEvent):
             data[key] = _STREAMED
@@ -437,7 +478,7 @@ def _read(path: str, loader: Any) -> tuple[TraceHeader, np.ndarray]:
                 except DuplicateKey as e:
                     i = builder.count if builder is not None else len(pending)
                     raise KvmcacheError(
-                        f"{path}: event {i} (line {e.line}): duplicate key {e.key!r}"
+                        f"{path}: event {i} (line {e.line}): duplicate key {excerpt(e.key)}"
                     ) from None
                 if builder is not None:
                     builder.add(item, item_line)
@@ -452,7 +493,7 @@ def _read(path: str, loader: Any) -> tuple[TraceHeader, np.ndarray]:
             data[key] = comp.construct(node)
         except DuplicateKey as e:
             raise KvmcacheError(
-                f"{path}: line {e.line}: duplicate key {e.key!r} in {key}"
+                f"{path}: line {e.line}: duplicate key {excerpt(e.key)} in {key}"
             ) from None
     loader.get_event()  # mapping end
     loader.get_event()  # document end
