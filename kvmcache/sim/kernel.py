@@ -312,6 +312,7 @@ LAYOUT = zlib.crc32(
 )
 
 U64_MAX = np.uint64(0xFFFFFFFFFFFFFFFF)
+U64_ZERO = np.uint64(0)
 LAT_128 = np.uint64(128)
 SH7 = np.uint64(7)
 
@@ -1388,106 +1389,6 @@ def _tick(m, u, t):
 
 
 @njit(**JIT)
-def _fast_4k(m, lf, u, o, vid, gfn, pfn, fl, t, vmap, tdx):
-    """The common 4 KiB events, applied here when they take the simple path of the model;
-    False (nothing applied) sends the event through the general path.
-
-    Simple: a fault of a live vCPU whose top-up would add nothing, on a gfn of the presence
-    bitmap, that is spurious (its 4 KiB leaf is present) or maps into an existing level-1
-    table with no link and a fast-path get; an unmap of a 4 KiB leaf that is missing, or
-    present with a fast-path put. A present level-1 table excludes a 2 MiB or 1 GiB leaf
-    over it (mirror faults fit under tables, direct ones collapse them), so the bitmap
-    answers the spurious check alone. Counters and clock as the general path moves them.
-    """
-    g = np.int64(gfn)
-    w = g >> 6
-    npw = m[Z_PBITS]
-    if g < 0 or w >= npw:
-        return False
-    private = (fl & 1) != 0
-    root = MIRROR if private else DIRECT
-    wi = m[O_PBITS] + root * npw + w
-    bit = BIT[g & 63]
-    present = (m[wi] & bit) != 0
-    mirror_dpamt = private and m[P_DPAMT] != 0
-    if o == OP_UNMAP:
-        if not present:
-            _tick(m, u, t)
-            m[C_UNMAPS] += 1
-            m[C_UNMAPS_MISSING] += 1
-            return True
-        li = 512 * _tfind(m, root, 1, g >> 9) + (g & 511)
-        if mirror_dpamt:
-            x = np.int64(lf[li]) - 1
-            ri = m[O_REFC] + x
-            if m[ri] <= 1 or (m[P_STRAT] == S_ALLOC and m[m[O_CACHED] + x] != 0):
-                return False  # PAMT.REMOVE, or a range dpamt-alloc's caches pin
-            m[ri] -= 1
-            m[C_PUT] += 1
-            m[C_PUT_FAST] += 1
-        _tick(m, u, t)
-        m[C_UNMAPS] += 1
-        lf[li] = 0
-        m[wi] &= ~bit
-        return True
-    # A fault.
-    if vid >= MAX_VCPUS or (private and not tdx):
-        return False
-    v = m[vmap + np.int64(vid)] - 1
-    if v < 0 or m[m[O_VLIVE] + v] == 0 or _needs_topup(m, v):
-        return False
-    x = 0
-    li = 0
-    if not present:
-        s1 = _tfind(m, root, 1, g >> 9)
-        if s1 < 0 or m[m[O_SSPT] + s1] == 0:
-            return False  # tables to link
-        li = 512 * s1 + (g & 511)
-        if mirror_dpamt:
-            x = np.int64(pfn) >> 9
-            ri = m[O_REFC] + x
-            if m[ri] == 0 or (m[P_STRAT] == S_ALLOC and m[m[O_CACHED] + x] != 0):
-                return False  # PAMT.ADD, or a range dpamt-alloc's caches pin
-    _tick(m, u, t)
-    m[C_FAULTS] += 1
-    if private:
-        m[C_FAULTS_PRIVATE] += 1
-    else:
-        m[C_FAULTS_SHARED] += 1
-    start = t
-    busy = u[N_U + v]
-    if busy > t:
-        start = busy
-        _add128(u, U_DELAY, busy - t)
-    if present:
-        m[C_FAULTS_SPURIOUS] += 1
-        u[N_U + v] = start
-        return True
-    # A new 4 KiB leaf: a locked section of ns_fault alone, a fast get, no page obtained.
-    lf[li] = x + 1
-    m[wi] |= bit
-    m[C_LEAVES_4K] += 1
-    if mirror_dpamt:
-        m[m[O_REFC] + x] += 1
-        m[C_GET] += 1
-        m[C_GET_FAST] += 1
-    end = start + u[U_NS_FAULT]
-    if end < start:
-        end = U64_MAX
-    d = end - start
-    _add128(u, U_LOCKED, d)
-    if d > u[U_LOCKED_MAX]:
-        u[U_LOCKED_MAX] = d
-    _add128(u, U_LAT, d)
-    if d > u[U_LAT_MAX]:
-        u[U_LAT_MAX] = d
-    m[HB] += 1
-    m[HB_LAT + _lat_bucket(d)] += 1
-    u[N_U + v] = end
-    return True
-
-
-@njit(**JIT)
 def _lat_bucket(d):
     """fault_latency bucket of d ns: 0 below 128 ns, then one per power of two up to 31."""
     b = 0
@@ -1533,15 +1434,157 @@ def run_chunk(
     # the leaf's and the split guest range's.
     rmax = m[Z_NRANGES] - m[P_GROW_MARGIN] - 4 if m[Z_RSPARSE] != 0 else m[Z_NRANGES]
     nsmax = m[P_NSAMPLES]
-    # The fast path (below) is off when every event must pass the general path (timeline
-    # samples) and on a sparse host (a new range index may need the driver to grow).
+    # The fast path: the common 4 KiB events, applied here, inline, when they take the
+    # simple path of the model (nothing else of the state changes):
+    # - a fault of a live vCPU whose top-up would add nothing, on a gfn of the presence
+    #   bitmap, that is spurious (its 4 KiB leaf is present) or maps into an existing
+    #   level-1 table (no link) with a get that takes the refcount fast path;
+    # - an unmap of a 4 KiB leaf that is missing, or present with a fast-path put.
+    # A present level-1 table excludes a 2 MiB or 1 GiB leaf over it (mirror faults fit
+    # under tables, direct ones collapse them), so the bitmap answers the spurious check
+    # alone. Between general events the cache pages stay idle in the same number, so the
+    # fast path only sums the ts gaps (``gaps``) and the general path multiplies once.
+    # It is off when every event must pass the general path (timeline samples) and on a
+    # sparse host (a new range index may need the driver to grow).
     fast = every == 0 and m[Z_RSPARSE] == 0
+    npw = m[Z_PBITS]
+    pbits = m[O_PBITS]
+    vlive = m[O_VLIVE]
+    vcnt = m[O_VCNT]
+    refc = m[O_REFC]
+    cached = m[O_CACHED]
+    dpamt = m[P_DPAMT] != 0
+    pin_check = m[P_STRAT] == S_ALLOC
+    min_desc = m[P_MIN_DESC]
+    min_spt = m[P_MIN_SPT]
+    min_header = m[P_MIN_HEADER]
+    target = m[P_PAMT_TARGET]
+    min_sept = m[P_MIN_SEPT] if tdx and m[P_STRAT] != S_PREALLOC else 0
+    ns_fault = u[U_NS_FAULT]
+    last = u[U_LAST_TS]
+    gaps = U64_ZERO
     n = ts.shape[0]
     for i in range(start, n):
         o = op[i]
         if fast and level[i] == 1 and (o == OP_FAULT or o == OP_UNMAP):
-            if _fast_4k(m, lf, u, o, vcpu[i], gfn[i], pfn[i], flags[i], ts[i], vmap, tdx):
-                continue
+            g = np.int64(gfn[i])
+            w = g >> 6
+            if g >= 0 and w < npw:
+                private = (flags[i] & 1) != 0
+                root = MIRROR if private else DIRECT
+                wi = pbits + root * npw + w
+                bit = BIT[g & 63]
+                present = (m[wi] & bit) != 0
+                mirror_dpamt = private and dpamt
+                t = ts[i]
+                done = False
+                if o == OP_UNMAP:
+                    if not present:
+                        m[C_UNMAPS] += 1
+                        m[C_UNMAPS_MISSING] += 1
+                        done = True
+                    else:
+                        li = 512 * _tfind(m, root, 1, g >> 9) + (g & 511)
+                        ok = True
+                        if mirror_dpamt:
+                            x = np.int64(lf[li]) - 1
+                            ri = refc + x
+                            # Not PAMT.REMOVE, nor a range dpamt-alloc's caches pin.
+                            ok = m[ri] > 1 and not (pin_check and m[cached + x] != 0)
+                            if ok:
+                                m[ri] -= 1
+                                m[C_PUT] += 1
+                                m[C_PUT_FAST] += 1
+                        if ok:
+                            m[C_UNMAPS] += 1
+                            lf[li] = 0
+                            m[wi] &= ~bit
+                            done = True
+                elif (private and not tdx) or vcpu[i] >= MAX_VCPUS:
+                    pass
+                else:
+                    v = m[vmap + np.int64(vcpu[i])] - 1
+                    c = vcnt + 5 * v
+                    if (
+                        v >= 0
+                        and m[vlive + v] != 0
+                        and m[c + K_DESC] >= min_desc
+                        and m[c + K_SPT] >= min_spt
+                        and m[c + K_HEADER] >= min_header
+                        and m[c + K_PAMT] >= target
+                        and m[c + K_SEPT] >= min_sept
+                    ):
+                        if present:
+                            m[C_FAULTS_SPURIOUS] += 1
+                            done = True
+                            end = t
+                        else:
+                            s1 = _tfind(m, root, 1, g >> 9)
+                            if s1 >= 0 and m[m[O_SSPT] + s1] != 0:
+                                x = 0
+                                ok = True
+                                if mirror_dpamt:
+                                    x = np.int64(pfn[i]) >> 9
+                                    # Not PAMT.ADD, nor a range dpamt-alloc's caches pin.
+                                    ok = m[refc + x] > 0 and not (
+                                        pin_check and m[cached + x] != 0
+                                    )
+                                if ok:
+                                    lf[512 * s1 + (g & 511)] = x + 1
+                                    m[wi] |= bit
+                                    m[C_LEAVES_4K] += 1
+                                    if mirror_dpamt:
+                                        m[refc + x] += 1
+                                        m[C_GET] += 1
+                                        m[C_GET_FAST] += 1
+                                    done = True
+                        if done:
+                            m[C_FAULTS] += 1
+                            if private:
+                                m[C_FAULTS_PRIVATE] += 1
+                            else:
+                                m[C_FAULTS_SHARED] += 1
+                            start_t = t
+                            busy = u[N_U + v]
+                            if busy > t:
+                                start_t = busy
+                                _add128(u, U_DELAY, busy - t)
+                            end = start_t
+                            if not present:
+                                # A locked section of ns_fault alone; no page obtained.
+                                end = start_t + ns_fault
+                                if end < start_t:
+                                    end = U64_MAX
+                                d = end - start_t
+                                _add128(u, U_LOCKED, d)
+                                if d > u[U_LOCKED_MAX]:
+                                    u[U_LOCKED_MAX] = d
+                                _add128(u, U_LAT, d)
+                                if d > u[U_LAT_MAX]:
+                                    u[U_LAT_MAX] = d
+                                m[HB] += 1
+                                m[HB_LAT + _lat_bucket(d)] += 1
+                            u[N_U + v] = end
+                if done:
+                    # The event's place in time (see _tick), with the gap summed.
+                    if m[C_EVENTS] > 0:
+                        if t < last:
+                            m[C_TS_BACKWARDS] += 1
+                        else:
+                            d = t - last
+                            gaps += d
+                            if gaps < d:  # the sum wrapped: multiply what it held
+                                _add_page_ns(u, m[G_IDLE], gaps - d)
+                                gaps = d
+                    last = t
+                    m[C_EVENTS] += 1
+                    continue
+        # The general path. Settle the summed gaps first (idle pages may change now).
+        if gaps != U64_ZERO:
+            if m[G_IDLE] > 0:
+                _add_page_ns(u, m[G_IDLE], gaps)
+            gaps = U64_ZERO
+        u[U_LAST_TS] = last
         uses_vcpu = o == OP_FAULT or o == OP_VCPU_CREATE or o == OP_VCPU_DESTROY
         v = 0
         if uses_vcpu:
@@ -1612,10 +1655,14 @@ def run_chunk(
             _vm_create(m, u)
         else:
             _vm_destroy(m, lf, u)
+        last = u[U_LAST_TS]
         if m[G_ERR] != E_NONE:
             return ST_ERROR, i
         if every > 0 and m[C_EVENTS] % every == 0:
             _sample(m, t)
+    if gaps != U64_ZERO and m[G_IDLE] > 0:
+        _add_page_ns(u, m[G_IDLE], gaps)
+    u[U_LAST_TS] = last
     return ST_OK, n
 
 
