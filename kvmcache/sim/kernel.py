@@ -1389,6 +1389,19 @@ def _tick(m, u, t):
 
 
 @njit(**JIT)
+def _add_fast_counts(m, n_ev, n_faults, n_private, n_spurious, n_unmaps, n_missing, n_back):
+    """The fast path's counts, kept in registers, into the counters."""
+    m[C_EVENTS] += n_ev
+    m[C_FAULTS] += n_faults
+    m[C_FAULTS_PRIVATE] += n_private
+    m[C_FAULTS_SHARED] += n_faults - n_private
+    m[C_FAULTS_SPURIOUS] += n_spurious
+    m[C_UNMAPS] += n_unmaps
+    m[C_UNMAPS_MISSING] += n_missing
+    m[C_TS_BACKWARDS] += n_back
+
+
+@njit(**JIT)
 def _lat_bucket(d):
     """fault_latency bucket of d ns: 0 below 128 ns, then one per power of two up to 31."""
     b = 0
@@ -1463,6 +1476,15 @@ def run_chunk(
     ns_fault = u[U_NS_FAULT]
     last = u[U_LAST_TS]
     gaps = U64_ZERO
+    # Counts of the fast path, in registers until the next general event (then added to m).
+    seen = m[C_EVENTS] > 0
+    n_ev = 0
+    n_faults = 0
+    n_private = 0
+    n_spurious = 0
+    n_unmaps = 0
+    n_missing = 0
+    n_back = 0
     n = ts.shape[0]
     for i in range(start, n):
         o = op[i]
@@ -1480,8 +1502,8 @@ def run_chunk(
                 done = False
                 if o == OP_UNMAP:
                     if not present:
-                        m[C_UNMAPS] += 1
-                        m[C_UNMAPS_MISSING] += 1
+                        n_unmaps += 1
+                        n_missing += 1
                         done = True
                     else:
                         li = 512 * _tfind(m, root, 1, g >> 9) + (g & 511)
@@ -1496,7 +1518,7 @@ def run_chunk(
                                 m[C_PUT] += 1
                                 m[C_PUT_FAST] += 1
                         if ok:
-                            m[C_UNMAPS] += 1
+                            n_unmaps += 1
                             lf[li] = 0
                             m[wi] &= ~bit
                             done = True
@@ -1515,7 +1537,7 @@ def run_chunk(
                         and m[c + K_SEPT] >= min_sept
                     ):
                         if present:
-                            m[C_FAULTS_SPURIOUS] += 1
+                            n_spurious += 1
                             done = True
                             end = t
                         else:
@@ -1526,9 +1548,7 @@ def run_chunk(
                                 if mirror_dpamt:
                                     x = np.int64(pfn[i]) >> 9
                                     # Not PAMT.ADD, nor a range dpamt-alloc's caches pin.
-                                    ok = m[refc + x] > 0 and not (
-                                        pin_check and m[cached + x] != 0
-                                    )
+                                    ok = m[refc + x] > 0 and not (pin_check and m[cached + x] != 0)
                                 if ok:
                                     lf[512 * s1 + (g & 511)] = x + 1
                                     m[wi] |= bit
@@ -1539,11 +1559,9 @@ def run_chunk(
                                         m[C_GET_FAST] += 1
                                     done = True
                         if done:
-                            m[C_FAULTS] += 1
+                            n_faults += 1
                             if private:
-                                m[C_FAULTS_PRIVATE] += 1
-                            else:
-                                m[C_FAULTS_SHARED] += 1
+                                n_private += 1
                             start_t = t
                             busy = u[N_U + v]
                             if busy > t:
@@ -1567,9 +1585,9 @@ def run_chunk(
                             u[N_U + v] = end
                 if done:
                     # The event's place in time (see _tick), with the gap summed.
-                    if m[C_EVENTS] > 0:
+                    if seen:
                         if t < last:
-                            m[C_TS_BACKWARDS] += 1
+                            n_back += 1
                         else:
                             d = t - last
                             gaps += d
@@ -1577,9 +1595,13 @@ def run_chunk(
                                 _add_page_ns(u, m[G_IDLE], gaps - d)
                                 gaps = d
                     last = t
-                    m[C_EVENTS] += 1
+                    seen = True
+                    n_ev += 1
                     continue
-        # The general path. Settle the summed gaps first (idle pages may change now).
+        # The general path. Settle the fast path's counts and summed gaps first.
+        if n_ev != 0:
+            _add_fast_counts(m, n_ev, n_faults, n_private, n_spurious, n_unmaps, n_missing, n_back)
+            n_ev = n_faults = n_private = n_spurious = n_unmaps = n_missing = n_back = 0
         if gaps != U64_ZERO:
             if m[G_IDLE] > 0:
                 _add_page_ns(u, m[G_IDLE], gaps)
@@ -1656,10 +1678,12 @@ def run_chunk(
         else:
             _vm_destroy(m, lf, u)
         last = u[U_LAST_TS]
+        seen = True
         if m[G_ERR] != E_NONE:
             return ST_ERROR, i
         if every > 0 and m[C_EVENTS] % every == 0:
             _sample(m, t)
+    _add_fast_counts(m, n_ev, n_faults, n_private, n_spurious, n_unmaps, n_missing, n_back)
     if gaps != U64_ZERO and m[G_IDLE] > 0:
         _add_page_ns(u, m[G_IDLE], gaps)
     u[U_LAST_TS] = last
