@@ -153,6 +153,12 @@ O_RKEY = 94  # per range index: its range (sparse only)
 Z_RHCAP = 95  # range hash capacity (a power of two)
 Z_RHSHIFT = 96
 G_NRANGES = 97  # range indices given out (sparse)
+# Presence bitmaps of 2 MiB and 1 GiB leaves, beside the 4 KiB one (O_PBITS): bit e of root
+# r (e = gfn >> 9 or gfn >> 18) at word r * Z + e / 64, over the same gfns.
+O_PB2 = 98
+Z_PB2 = 99
+O_PB3 = 100
+Z_PB3 = 101
 # Counters and the histograms:
 CB = 128
 HB = 256  # fault_pages, 17 buckets
@@ -987,23 +993,50 @@ def _pbit_set(m, root, gfn, on):
 
 
 @njit(**JIT)
-def _pbits_table(m, root, idx, value):
-    """All 512 bits of level-1 table idx (gfns 512 idx ..) to ``value`` (0 or -1)."""
-    i = _pbit_word(m, root, idx * 512)
-    if i >= 0:
+def _lbits(m, g):
+    """(first word, words per root) of the presence bitmap of level-g leaves."""
+    if g == 1:
+        return m[O_PBITS], m[Z_PBITS]
+    if g == 2:
+        return m[O_PB2], m[Z_PB2]
+    return m[O_PB3], m[Z_PB3]
+
+
+@njit(**JIT)
+def _lbit_set(m, root, g, gfn, on):
+    """The presence bit of the level-g leaf at gfn (levels 2 and 3; level 1: _pbit_set)."""
+    base, n = _lbits(m, g)
+    e = gfn >> (9 * (g - 1))
+    w = e >> 6
+    if 0 <= w < n:
+        i = base + root * n + w
+        if on:
+            m[i] |= BIT[e & 63]
+        else:
+            m[i] &= ~BIT[e & 63]
+
+
+@njit(**JIT)
+def _pbits_block(m, root, k, idx, value):
+    """All 512 presence bits of the leaves of level-k table idx to ``value`` (0 or -1)."""
+    base, n = _lbits(m, k)
+    w = idx * 8
+    if 0 <= w and w + 8 <= n:
+        i = base + root * n + w
         for j in range(8):
             m[i + j] = value
 
 
 @njit(**JIT)
 def _clear_block(m, lf, slot):
-    """Clear the leaves of table ``slot`` (and, for a level-1 table, their bits)."""
+    """Clear the leaves of table ``slot`` and their presence bits."""
     base = 512 * slot
     for j in range(512):
         lf[base + j] = 0
     key = m[m[O_SKEY] + slot] - 1
-    if (key >> 1) & 7 == 1:
-        _pbits_table(m, key & 1, key >> 4, 0)
+    k = (key >> 1) & 7
+    if k <= 3:
+        _pbits_block(m, key & 1, k, key >> 4, 0)
 
 
 @njit(**JIT)
@@ -1198,8 +1231,7 @@ def _vm_destroy(m, lf, u):
                         lf[base + j] = 0
                         if put:
                             _put_range(m, u, np.int64(r1) - 1)
-                if k == 1:
-                    _pbits_table(m, root, key >> 4, 0)
+                _pbits_block(m, root, k, key >> 4, 0)
     # Free every table, deepest level first, ascending index, mirror before direct on a
     # tie (section 7). The order is visible on the model clock (section 8): it decides how
     # many frees precede the first PAMT.REMOVE, and so its pamt_lock wait. The table hash
@@ -1295,8 +1327,10 @@ def _fault(m, lf, u, v, gfn, pfn, g, private):
             while not _get(m, u, pfn, True, v):
                 _retry(m, u, v)
     elif g == 2:
+        _lbit_set(m, root, 2, gfn, True)
         m[C_LEAVES_2M] += 1
     else:
+        _lbit_set(m, root, 3, gfn, True)
         m[C_LEAVES_1G] += 1
     m[G_IN_LOCK] = 0
     _lock_end(u)
@@ -1324,6 +1358,8 @@ def _unmap(m, lf, u, gfn, level, private):
     lf[li] = 0
     if level == 1:
         _pbit_set(m, root, gfn, False)
+    else:
+        _lbit_set(m, root, level, gfn, False)
     if level == 1 and root == MIRROR and m[P_DPAMT] != 0:
         _put_range(m, u, np.int64(r1) - 1)
 
@@ -1363,10 +1399,11 @@ def _split(m, lf, u, gfn, private):
                 _cache_only_after(m, r, was)
     m[m[O_SSPT] + slot] = spt_p + 1
     lf[li2] = 0
+    _lbit_set(m, root, 2, gfn, False)
     base = 512 * slot
     for j in range(512):
         lf[base + j] = r2
-    _pbits_table(m, root, id2, -1)
+    _pbits_block(m, root, 1, id2, -1)
     m[C_SPLITS] += 1
 
 
@@ -1462,6 +1499,10 @@ def run_chunk(
     fast = every == 0 and m[Z_RSPARSE] == 0
     npw = m[Z_PBITS]
     pbits = m[O_PBITS]
+    pb2 = m[O_PB2]
+    n2 = m[Z_PB2]
+    pb3 = m[O_PB3]
+    n3 = m[Z_PB3]
     vlive = m[O_VLIVE]
     vcnt = m[O_VCNT]
     refc = m[O_REFC]
@@ -1488,19 +1529,29 @@ def run_chunk(
     n = ts.shape[0]
     for i in range(start, n):
         o = op[i]
-        if fast and level[i] == 1 and (o == OP_FAULT or o == OP_UNMAP):
+        if fast and (o == OP_FAULT or o == OP_UNMAP):
             g = np.int64(gfn[i])
             w = g >> 6
-            if g >= 0 and w < npw:
+            lv = level[i]
+            if g >= 0 and w < npw and lv >= 1 and lv <= 3:
                 private = (flags[i] & 1) != 0
                 root = MIRROR if private else DIRECT
                 wi = pbits + root * npw + w
                 bit = BIT[g & 63]
                 present = (m[wi] & bit) != 0
+                e2 = g >> 9
+                e3 = g >> 18
+                present2 = (m[pb2 + root * n2 + (e2 >> 6)] & BIT[e2 & 63]) != 0
+                present3 = (m[pb3 + root * n3 + (e3 >> 6)] & BIT[e3 & 63]) != 0
                 mirror_dpamt = private and dpamt
                 t = ts[i]
                 done = False
-                if o == OP_UNMAP:
+                if o == OP_UNMAP and lv != 1:
+                    if not (present2 if lv == 2 else present3):
+                        n_unmaps += 1
+                        n_missing += 1
+                        done = True
+                elif o == OP_UNMAP:
                     if not present:
                         n_unmaps += 1
                         n_missing += 1
@@ -1527,8 +1578,10 @@ def run_chunk(
                 else:
                     v = m[vmap + np.int64(vcpu[i])] - 1
                     c = vcnt + 5 * v
+                    covered = present or present2 or present3
                     if (
                         v >= 0
+                        and (covered or lv == 1)
                         and m[vlive + v] != 0
                         and m[c + K_DESC] >= min_desc
                         and m[c + K_SPT] >= min_spt
@@ -1536,7 +1589,7 @@ def run_chunk(
                         and m[c + K_PAMT] >= target
                         and m[c + K_SEPT] >= min_sept
                     ):
-                        if present:
+                        if covered:
                             n_spurious += 1
                             done = True
                             end = t
@@ -1568,7 +1621,7 @@ def run_chunk(
                                 start_t = busy
                                 _add128(u, U_DELAY, busy - t)
                             end = start_t
-                            if not present:
+                            if not covered:
                                 # A locked section of ns_fault alone; no page obtained.
                                 end = start_t + ns_fault
                                 if end < start_t:

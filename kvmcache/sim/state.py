@@ -64,6 +64,8 @@ REGIONS = (
     ("rkey", K.O_RKEY),
     ("hkey", K.O_HKEY),
     ("pbits", K.O_PBITS),
+    ("pb2", K.O_PB2),
+    ("pb3", K.O_PB3),
     ("skey", K.O_SKEY),
     ("sspt", K.O_SSPT),
     ("ssept", K.O_SSEPT),
@@ -129,6 +131,8 @@ def _sizes(m: np.ndarray) -> dict[str, int]:
         "rkey": nr if m[K.Z_RSPARSE] else 0,
         "hkey": 2 * nh,  # key, slot pairs
         "pbits": 2 * int(m[K.Z_PBITS]),
+        "pb2": 2 * int(m[K.Z_PB2]),
+        "pb3": 2 * int(m[K.Z_PB3]),
         "skey": ns,
         "sspt": ns,
         "ssept": ns,
@@ -238,6 +242,9 @@ def build(
     _size_hash(fixed, K.Z_RHCAP, K.Z_RHSHIFT, nranges if sparse else 0)
     # The presence bitmap covers gfn_limit in whole 2 MiB regions, up to PBITS_MAX_GFNS.
     fixed[K.Z_PBITS] = 8 * -(-min(header.gfn_limit, PBITS_MAX_GFNS) // 512)
+    # 2 MiB and 1 GiB leaves over the same gfns, in whole tables (8 words of 512 bits).
+    fixed[K.Z_PB2] = 8 * -(-int(fixed[K.Z_PBITS]) // 512)
+    fixed[K.Z_PB3] = 8 * -(-int(fixed[K.Z_PBITS]) // (512 * 512))
     _size_tables(fixed, INITIAL_SLOTS)
     m = _layout(fixed)
     lf = np.zeros(512 * INITIAL_SLOTS, dtype=np.uint32)
