@@ -50,7 +50,7 @@ def duration(ns: int) -> str:
         return "0"
     sign, a = ("-", -ns) if ns < 0 else ("", ns)
     for unit, scale in _TIME_UNITS:
-        if a >= scale:
+        if a >= scale - scale // 2000:  # 999.6 us reads 1.00 ms, not 1,000 us
             return f"{sign}{_three_digits(a / scale)} {unit}"
     return f"{sign}{a} ns"
 
