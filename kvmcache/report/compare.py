@@ -109,7 +109,7 @@ LABEL_WIDTH = 26
 def _cell(row: Row, i: int, ref_i: int, result: ReplayResult, layout: Layout, best: bool) -> Text:
     v, ref = row.values[i], row.values[ref_i]
     text = Text(
-        fmt_value(row.figure, v, result.histograms, with_bytes=layout.full_cells),
+        fmt_value(row.figure, v, result.histograms, narrow=not layout.full_cells),
         style="bold green" if best else "",
     )
     if i == ref_i:
@@ -140,12 +140,14 @@ def build_table(
     t = Table(
         box=box.SIMPLE_HEAD if layout.stacked else box.HEAVY_HEAD,
         pad_edge=not layout.stacked,
-        collapse_padding=layout.stacked,
+        show_edge=not layout.stacked,
+        padding=(0, 0, 0, 1) if layout.stacked else (0, 1),
     )
     t.add_column(
         "figure" + ("\ncounter (--limit)" if layout.stacked else ""),
         style="cyan",
         max_width=LABEL_WIDTH,
+        min_width=max(len(f.counter) for f in ordered(all_counters)) if layout.stacked else None,
     )
     if layout.counter_column:
         t.add_column("counter (--limit)", style="dim", no_wrap=True)

@@ -239,9 +239,10 @@ def fmt_value(
     fig: Figure,
     value: int,
     histograms: Mapping[str, Sequence[int]] | None = None,
-    with_bytes: bool = True,
+    narrow: bool = False,
 ) -> str:
-    """A figure's value in its unit; memory counted in pages or pairs gets its bytes."""
+    """A figure's value in its unit; memory counted in pages or pairs gets its bytes.
+    ``narrow``: no bytes, counts above ten million compacted (``263.4M``)."""
     for name, q in PERCENTILES:
         if fig.counter == name:
             hist = (histograms or {}).get("fault_latency")
@@ -253,9 +254,11 @@ def fmt_value(
     if fig.unit == "ns":
         return duration(value)
     if fig.unit == "page_ns":
-        return page_seconds(value)
+        return page_seconds(value, short=narrow)
+    if narrow:
+        return compact(value)
     text = fmt_int(value)
-    if with_bytes and value and fig.unit in ("pages", "pairs"):
+    if value and fig.unit in ("pages", "pairs"):
         size = PAGE_BYTES if fig.unit == "pages" else PAIR_BYTES
         text += f" ({human_bytes(value * size)})"
     return text

@@ -122,7 +122,7 @@ def shown_counters(counter: str) -> list[str]:
 def _cell(name: str, value: int, compact_numbers: bool) -> str:
     fig = FIGURES[name]
     if fig.unit in ("bytes", "ns", "page_ns"):
-        return fmt_value(fig, value, with_bytes=False)
+        return fmt_value(fig, value, narrow=True)
     return compact(value) if compact_numbers else f"{value:,}"
 
 

@@ -6,6 +6,8 @@ replay table, the compare table and the sweep table. Pure functions of integers;
 
 from __future__ import annotations
 
+import math
+
 PAGE_BYTES = 4096
 #: A PAMT pair is two 4 KiB pages.
 PAIR_BYTES = 2 * PAGE_BYTES
@@ -30,12 +32,16 @@ def _three_digits(x: float) -> str:
 
 
 def human_bytes(n: int) -> str:
-    """``4294967296`` -> ``4 GiB``, ``1638400`` -> ``1.6 MiB`` (one decimal unless whole)."""
+    """``4294967296`` -> ``4 GiB``, ``1638400`` -> ``1.6 MiB``, ``30310`` -> ``29.6 KiB``:
+    exact when a whole number of units, else one decimal (none from 100 units up)."""
     sign, n = ("-", -n) if n < 0 else ("", n)
     for shift, unit in _BYTE_UNITS:
         if n >= 1 << shift:
             q, r = divmod(n, 1 << shift)
-            return f"{sign}{q} {unit}" if r == 0 else f"{sign}{n / (1 << shift):,.1f} {unit}"
+            if r == 0:
+                return f"{sign}{q:,} {unit}"
+            x = n / (1 << shift)
+            return f"{sign}{x:,.0f} {unit}" if x >= 100 else f"{sign}{x:.1f} {unit}"
     return f"{sign}{n} B"
 
 
@@ -55,12 +61,18 @@ def duration(ns: int) -> str:
     return f"{sign}{a} ns"
 
 
-def page_seconds(page_ns: int) -> str:
-    """Idle page-nanoseconds as page-seconds (small values keep 3 significant digits)."""
+def page_seconds(page_ns: int, short: bool = False) -> str:
+    """Idle page-nanoseconds as page-seconds: ``218.177``, ``0.0701`` (3 significant digits
+    below 1, ``<0.0001`` below that); ``short``: 3 significant digits from 1 up too."""
     value = page_ns / 1e9
-    if value == 0 or abs(value) >= 1:
-        return f"{value:,.3f}"
-    return f"{value:.3g}"
+    if value == 0:
+        return "0"
+    if abs(value) >= 1:
+        return _three_digits(value) if short else f"{value:,.3f}"
+    if abs(value) < 0.0001:
+        return "<0.0001"
+    decimals = 2 - math.floor(math.log10(abs(value)))  # three significant digits, no exponent
+    return f"{value:.{decimals}f}"
 
 
 def compact(n: int) -> str:
