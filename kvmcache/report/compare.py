@@ -170,7 +170,7 @@ def build_table(
         counter = row.counter if row.figure.limitable else "(histogram)"
         last_of_group = n + 1 == len(rows) or rows[n + 1].figure.group != row.figure.group
         if layout.stacked:
-            label = Text(row.label)
+            label = Text(row.figure.short_label if layout.abbreviate else row.label)
             label.append(f"\n{counter}", style="dim")
             t.add_row(label, *cells, end_section=last_of_group)
         elif layout.counter_column:

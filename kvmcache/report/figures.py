@@ -50,6 +50,11 @@ class Figure:
     group: str
     unit: str
     key: bool = False  # among the key figures of the compare table
+    short: str = ""  # a shorter label for narrow layouts (default: the label)
+
+    @property
+    def short_label(self) -> str:
+        return self.short or self.label
 
     @property
     def limitable(self) -> bool:
@@ -95,7 +100,14 @@ _CATALOGUE: tuple[Figure, ...] = (
     _f("cache_pages_idle_peak", "idle cache pages at peak", "waste", "pages", True),
     _f("cache_pages_idle_end", "idle cache pages at end", "waste", "pages", True),
     _f("cache_idle_page_ns", "idle cache page-seconds", "waste", "page_ns", True),
-    _f("cache_only_ranges_peak", "ranges pinned only by cached pages", "waste", "count", True),
+    Figure(
+        "cache_only_ranges_peak",
+        "ranges pinned only by cached pages",
+        "waste",
+        "count",
+        True,
+        short="ranges pinned by caches",
+    ),
     # time
     _f("time_topup_ns", "top-up time (no lock)", "time", "ns", True),
     _f("time_locked_ns", "time under mmu_lock", "time", "ns", True),
