@@ -29,7 +29,7 @@ def set_option(f: F) -> F:
         "sets",
         multiple=True,
         metavar="NAME=VALUE",
-        help="Set a model parameter (MODEL.md section 2); repeatable.",
+        help="Set a model parameter (each is defined in docs/figures.md); repeatable.",
     )(f)
 
 

@@ -99,7 +99,7 @@ def points_progress(enabled: bool) -> Iterator[tuple[Callable[[int], None], Call
     default="cache_pages_idle_peak",
     show_default=True,
     metavar="COUNTER",
-    help="Rank points by this counter (ascending; -COUNTER for descending).",
+    help="Rank points by this counter (ascending; -COUNTER for descending; names in docs/figures.md).",
 )
 @common.format_option
 @click.option(
