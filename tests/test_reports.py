@@ -323,3 +323,29 @@ def test_figures_doc_defines_everything():
 def test_nothing_user_facing_points_at_shared():
     for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         assert "shared/" not in path.read_text(), path
+
+
+def _scaled(result, factor: int):
+    """A copy of ``result`` with every counter and histogram bucket multiplied: a huge run."""
+    from dataclasses import replace
+
+    return replace(
+        result,
+        counters={k: v * factor for k, v in result.counters.items()},
+        histograms={k: [x * factor for x in v] for k, v in result.histograms.items()},
+    )
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_huge_values_still_fit(g11, width):
+    """Counters in the billions: cells compact (``1.2G``), nothing is cut or wraps a number."""
+    big = [_scaled(r, 10**9) for r in g11]
+    text = render(render_replay, width, big[1])
+    fits(text, width)
+    exact = re.search(r"^\s*desc +4,000,000,000 +160,000,000,000 ", text, re.M)
+    compacted = re.search(r"^\s*desc +4\.0G +160\.0G ", text, re.M)
+    assert compacted if width == 80 else exact  # compacted only when too wide
+    text = render(render_compare, width, big, "dpamt-install")
+    fits(text, width)
+    text = render(render_compare, width, big, "dpamt-install", all_counters=True)
+    fits(text, width)

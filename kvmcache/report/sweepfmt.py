@@ -195,8 +195,13 @@ def render_table(sweep: SweepResult, console: Console, by: str = "cache_pages_id
     ]
     if layout.abbreviate:
         lines.append("install, alloc, pair, prealloc = dpamt-install, dpamt-alloc, ...")
-    if layout.compact:
-        lines.append("M = million, G = billion")
+    shown = shown_counters(counter)
+    if layout.compact and any(
+        FIGURES[n].unit not in ("bytes", "ns", "page_ns") and p.counters[n] >= 10**7
+        for p in valid
+        for n in shown
+    ):
+        lines.append("M = million, G = billion, T = trillion")
     if layout.trace_keys and len(sweep.traces) > 1:
         lines += [f"t{i} = {path}" for i, path in enumerate(sweep.traces, 1)]
     console.print(Text("\n".join(lines), style="dim"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich import box
 from rich.console import Console, Group
+from rich.measure import Measurement
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -18,6 +19,7 @@ from kvmcache.report.figures import (
 from kvmcache.report.units import (
     PAGE_BYTES,
     PAIR_BYTES,
+    compact,
     duration,
     fmt_int,
     human_bytes,
@@ -171,6 +173,39 @@ def histogram_table(name: str, hist: list[int], width: int = 16) -> Table:
     return t
 
 
+def caches_table(result: ReplayResult, width: int) -> Table:
+    """The five caches' counters and the memory they held at the peak; counts over ten
+    million are compacted (``12.3M``) when the exact table would not fit ``width``."""
+    c = result.counters
+    fields = ("topups", "allocated", "consumed", "freed_unused", "held_peak", "held_end")
+    heads = ("top-ups", "allocated", "consumed", "freed\nunused", "held at\npeak", "held at\nend")
+    for fmt in (fmt_int, compact):
+        caches = Table(
+            title="Caches (per-vCPU kvm_mmu_memory_cache, summed; objects)",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+            collapse_padding=True,
+        )
+        caches.add_column("cache", style="cyan", no_wrap=True)
+        for col in heads:
+            caches.add_column(col, justify="right", no_wrap=True)
+        caches.add_column("memory\nat peak", justify="right", no_wrap=True)
+        for name in CACHES:
+            label = name
+            if name == "pamt" and result.effective_alloc == "dpamt-prealloc":
+                label = "pamt (list)"
+            caches.add_row(
+                label,
+                *(fmt(c[f"{name}_{f}"]) for f in fields),
+                human_bytes(c[f"{name}_held_peak"] * object_bytes(result, name)),
+            )
+        probe = Console(width=1 << 16)
+        if Measurement.get(probe, probe.options, caches).maximum <= width:
+            break
+    return caches
+
+
 def render_replay(result: ReplayResult, console: Console) -> None:
     """Print one replay: trace, faults, caches, DPAMT, pages and waste, time, verdict."""
     c = result.counters
@@ -216,34 +251,7 @@ def render_replay(result: ReplayResult, console: Console) -> None:
         ],
     )
 
-    caches = Table(
-        title="Caches (per-vCPU kvm_mmu_memory_cache, summed; objects)",
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        collapse_padding=True,
-    )
-    caches.add_column("cache", style="cyan", no_wrap=True)
-    for col in (
-        "top-ups",
-        "allocated",
-        "consumed",
-        "freed\nunused",
-        "held at\npeak",
-        "held at\nend",
-    ):
-        caches.add_column(col, justify="right", no_wrap=True)
-    caches.add_column("memory\nat peak", justify="right", no_wrap=True)
-    for name in CACHES:
-        label = name
-        if name == "pamt" and result.effective_alloc == "dpamt-prealloc":
-            label = "pamt (list)"
-        fields = ("topups", "allocated", "consumed", "freed_unused", "held_peak", "held_end")
-        caches.add_row(
-            label,
-            *(fmt_int(c[f"{name}_{f}"]) for f in fields),
-            human_bytes(c[f"{name}_held_peak"] * object_bytes(result, name)),
-        )
+    caches = caches_table(result, console.width)
 
     dpamt = _kv_table(
         "DPAMT",
