@@ -235,7 +235,7 @@ def render_compare(
     c = first.counters
     head = Text()
     head.append(f"{h.path}", style="bold")
-    head.append(f"  {h.vm_type}, root level {h.root_level}, ")
+    head.append(f"\n{h.vm_type}, root level {h.root_level}, ")
     head.append(f"{fmt_int(c['events'])} events, {fmt_int(c['vcpus_created'])} vCPUs")
     if first.ts_first is not None and first.ts_last is not None:
         head.append(f", span {duration(first.ts_last - first.ts_first)}")

@@ -215,7 +215,7 @@ def render_replay(result: ReplayResult, console: Console) -> None:
         span = duration(result.ts_last - result.ts_first)
     head = Text()
     head.append(f"{h.path}", style="bold")
-    head.append(f"  {h.vm_type}, root level {h.root_level}, ")
+    head.append(f"\n{h.vm_type}, root level {h.root_level}, ")
     head.append(f"{fmt_int(c['events'])} events, {fmt_int(c['vcpus_created'])} vCPUs")
     if span:
         head.append(f", span {span}")
