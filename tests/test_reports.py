@@ -200,6 +200,11 @@ def test_compare_fits_and_keeps_names_whole(g11, width):
     for s in STRATEGIES:
         assert s in header_names(text) or SHORT[s] in header_names(text)
     assert not re.search(r"dpamt-$", text, re.M)  # no name broken at its hyphen
+    if width == 120:  # room for the full names and the absolute differences
+        assert re.search(
+            r"\(reference\) +none +dpamt-alloc +dpamt-pair +dpamt-prealloc$", text, re.M
+        )
+        assert "(+272 MiB, x1,339)" in text
     order = [
         "PAMT memory at peak",
         "allocated under mmu_lock",

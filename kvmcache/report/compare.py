@@ -91,6 +91,7 @@ class Layout:
     counter_column: bool = True  # exact counter names in their own column (wide layouts)
     full_cells: bool = True  # "value (bytes) (+abs, +pct)" rather than "value pct"
     abbreviate: bool = False  # strategy names without "dpamt-"
+    tight: bool = False  # two-line layouts: one space between columns instead of two
 
 
 #: Tried in order; the first that fits the console's width is used.
@@ -100,7 +101,10 @@ LAYOUTS: tuple[Layout, ...] = (
     Layout(full_cells=False, abbreviate=True),
     Layout(stacked=True, counter_column=False),
     Layout(stacked=True, counter_column=False, abbreviate=True),
+    Layout(stacked=True, counter_column=False, tight=True),
+    Layout(stacked=True, counter_column=False, abbreviate=True, tight=True),
     Layout(stacked=True, counter_column=False, full_cells=False, abbreviate=True),
+    Layout(stacked=True, counter_column=False, full_cells=False, abbreviate=True, tight=True),
 )
 #: The figure column wraps a long label beyond this width.
 LABEL_WIDTH = 26
@@ -141,7 +145,7 @@ def build_table(
         box=box.SIMPLE_HEAD if layout.stacked else box.HEAVY_HEAD,
         pad_edge=not layout.stacked,
         show_edge=not layout.stacked,
-        padding=(0, 0, 0, 1) if layout.stacked else (0, 1),
+        padding=(0, 1) if not layout.stacked else (0, 0, 0, 0 if layout.tight else 1),
     )
     t.add_column(
         "figure" + ("\ncounter (--limit)" if layout.stacked else ""),
@@ -170,7 +174,7 @@ def build_table(
         counter = row.counter if row.figure.limitable else "(histogram)"
         last_of_group = n + 1 == len(rows) or rows[n + 1].figure.group != row.figure.group
         if layout.stacked:
-            label = Text(row.figure.short_label if layout.abbreviate else row.label)
+            label = Text(row.figure.short_label)
             label.append(f"\n{counter}", style="dim")
             t.add_row(label, *cells, end_section=last_of_group)
         elif layout.counter_column:

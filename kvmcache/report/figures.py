@@ -285,7 +285,7 @@ def fmt_difference(fig: Figure, value: int, ref: int, narrow: bool = False) -> s
     elif fig.unit == "ns":
         absolute = signed(duration(d))
     elif fig.unit == "page_ns":
-        absolute = f"{d / 1e9:+,.3f}"
+        absolute = signed(page_seconds(d, short=True))
     else:
         absolute = signed(compact(d)) if narrow else f"{d:+,}"
     pct = percent(value, ref)
