@@ -354,3 +354,21 @@ def test_huge_values_still_fit(g11, width):
     fits(text, width)
     text = render(render_compare, width, big, "dpamt-install", all_counters=True)
     fits(text, width)
+
+
+def test_readme_tour_excerpts_are_real_output():
+    """The README's tour shows lines of real 80-column output: they must stay true."""
+    from kvmcache.sim.replay import replay
+
+    steady = str(ROOT / "traces" / "steady-tdx.kvmt")
+    spread = replay_many(open_trace(steady), list(STRATEGIES), {"spread": 512})
+    printed = render(render_compare, 80, spread, "dpamt-install").splitlines()
+    printed += render(render_replay, 80, replay(open_trace(steady))).splitlines()
+    printed = {line.rstrip() for line in printed}
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```\n(.*?)```", readme, re.S)
+    excerpts = [b for b in blocks if "pamt_bytes_peak" in b or "Time (model clock" in b]
+    assert len(excerpts) == 2
+    for block in excerpts:
+        for line in block.splitlines():
+            assert line == "..." or line in printed, line
