@@ -372,3 +372,12 @@ def test_readme_tour_excerpts_are_real_output():
     for block in excerpts:
         for line in block.splitlines():
             assert line == "..." or line in printed, line
+
+
+def test_sweep_cells_by_unit():
+    assert sweepfmt._cell("pages_allocated", 12_345, False) == "12,345"
+    assert sweepfmt._cell("pages_allocated", 12_345_678, True) == "12.3M"
+    assert sweepfmt._cell("time_locked_max_ns", 15_500, False) == "15.5 us"
+    assert sweepfmt._cell("pamt_bytes_peak", 212_992, False) == "208 KiB"
+    assert sweepfmt._cell("fault_latency_p99_ns", 16_384, False) == "16.4 us"  # derived, ns
+    assert sweepfmt._cell("pages_allocated", None, False) == "-"

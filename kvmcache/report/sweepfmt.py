@@ -17,7 +17,7 @@ from kvmcache.params import PARAMS
 from kvmcache.report import csvfmt
 from kvmcache.report.compare import short_name
 from kvmcache.report.figures import DOC, FIGURES, fmt_value, ordered
-from kvmcache.report.units import compact
+from kvmcache.report.units import compact, duration
 from kvmcache.results import VERDICTS
 from kvmcache.sim.counters import COUNTERS
 from kvmcache.sim.sweep import PARETO_OBJECTIVES, PointResult, SweepResult, rank, sort_key
@@ -119,10 +119,26 @@ def shown_counters(counter: str) -> list[str]:
     return shown + ([counter] if counter not in shown else [])
 
 
-def _cell(name: str, value: int, compact_numbers: bool) -> str:
-    fig = FIGURES[name]
-    if fig.unit in ("bytes", "ns", "page_ns"):
-        return fmt_value(fig, value, narrow=True)
+def _metric(p: PointResult, name: str) -> int | None:
+    """The value a column shows for a valid point (None: not available)."""
+    return p.counters.get(name)
+
+
+def _unit(name: str) -> str:
+    fig = FIGURES.get(name)
+    if fig is not None:
+        return fig.unit
+    return "ns" if name.endswith("_ns") else "count"  # a metric derived from the counters
+
+
+def _cell(name: str, value: int | None, compact_numbers: bool) -> str:
+    if value is None:
+        return "-"
+    unit = _unit(name)
+    if unit == "ns":
+        return duration(value)
+    if unit in ("bytes", "page_ns"):
+        return fmt_value(FIGURES[name], value, narrow=True)
     return compact(value) if compact_numbers else f"{value:,}"
 
 
@@ -154,14 +170,13 @@ def _build(
             no_wrap=True,
         )
     for i, p in enumerate(valid, 1):
-        c = p.counters
         t.add_row(
             str(i),
             Text(PARETO_MARK, style="bold yellow") if p.pareto else "",
             *([] if one_trace else [_trace_name(p.trace, sweep, layout)]),
             short_name(p.alloc) if layout.abbreviate else p.alloc,
             *(_param_text(p.params[a]) for a in axes),
-            *(_cell(name, c[name], layout.compact) for name in shown),
+            *(_cell(name, _metric(p, name), layout.compact) for name in shown),
         )
     return t
 
@@ -197,7 +212,7 @@ def render_table(sweep: SweepResult, console: Console, by: str = "cache_pages_id
         lines.append("install, alloc, pair, prealloc = dpamt-install, dpamt-alloc, ...")
     shown = shown_counters(counter)
     if layout.compact and any(
-        FIGURES[n].unit not in ("bytes", "ns", "page_ns") and p.counters[n] >= 10**7
+        _unit(n) not in ("bytes", "ns", "page_ns") and (_metric(p, n) or 0) >= 10**7
         for p in valid
         for n in shown
     ):
