@@ -381,3 +381,54 @@ def test_sweep_cells_by_unit():
     assert sweepfmt._cell("pamt_bytes_peak", 212_992, False) == "208 KiB"
     assert sweepfmt._cell("fault_latency_p99_ns", 16_384, False) == "16.4 us"  # derived, ns
     assert sweepfmt._cell("pages_allocated", None, False) == "-"
+
+
+# --------------------------------------------------------------------------- first run
+
+
+def test_compile_pending_reads_the_numba_cache(tmp_path, monkeypatch):
+    import os
+    import sys
+
+    from kvmcache import jit
+
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.delenv("NUMBA_DISABLE_JIT", raising=False)
+    monkeypatch.setattr(jit, "_python", False)
+    src = tmp_path / "kernel.py"
+    src.write_text("x = 1\n")
+    assert jit.compile_pending(str(src), "run_chunk")  # no __pycache__ at all
+    cache = tmp_path / "__pycache__"
+    cache.mkdir()
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}"
+    index = cache / f"kernel.run_chunk-12.{tag}.nbi"
+    index.write_bytes(b"")
+    os.utime(src, (2_000_000_000, 2_000_000_000))
+    os.utime(index, (1_000_000_000, 1_000_000_000))
+    assert jit.compile_pending(str(src), "run_chunk")  # the source changed after the cache
+    os.utime(index, (2_000_000_001, 2_000_000_001))
+    assert not jit.compile_pending(str(src), "run_chunk")
+    assert jit.compile_pending(str(src), "finish")  # another function: not cached
+    monkeypatch.setenv("NUMBA_DISABLE_JIT", "1")
+    assert not jit.compile_pending(str(src), "finish")
+
+
+def test_first_run_note_on_a_terminal_only(monkeypatch):
+    from kvmcache import jit
+    from kvmcache.commands import _common
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(jit, "compile_pending", lambda source, entry: entry == "run_chunk")
+    tty = Tty()
+    monkeypatch.setattr("sys.stderr", tty)
+    _common.first_run_note()
+    assert tty.getvalue() == (
+        "kvmcache: compiling (first run only, ~20 s; `kvmcache warmup` does it ahead)\n"
+    )
+    pipe = io.StringIO()
+    monkeypatch.setattr("sys.stderr", pipe)
+    _common.first_run_note()
+    assert pipe.getvalue() == ""

@@ -157,6 +157,7 @@ def command(
         fmt = format_for(output)
     fmt = common.resolve_format(fmt)
 
+    common.first_run_note()
     with points_progress(not no_progress) as (on_start, on_done):
         result = sweep_mod.run_sweep(
             list(traces),
