@@ -262,7 +262,7 @@ def fmt_value(
                 return percentile_text(hist, q)
             return f"< {duration(value)}" if value else "-"
     if fig.unit == "bytes":
-        return human_bytes(value)
+        return human_bytes(value) if value else "0"
     if fig.unit == "ns":
         return duration(value)
     if fig.unit == "page_ns":
