@@ -36,6 +36,7 @@ GROUPS: tuple[str, ...] = (
     "events",
     "tree",
     "caches",
+    "other",  # a counter not in the catalogue yet (a test keeps this group empty)
 )
 
 # unit kinds: count, pages, pairs (8 KiB each), bytes, ns, page_ns, objects (cache objects)
@@ -160,7 +161,10 @@ for _c in CACHES:
         FIGURES[_name] = Figure(
             _name, f"{_c} {_label}", "caches", "count" if _field == "topups" else "objects"
         )
-assert set(FIGURES) == set(COUNTERS) | {p for p, _ in PERCENTILES}, "catalogue out of step"
+for _name in COUNTERS:
+    if _name not in FIGURES:  # new in sim/counters.py: shown by its name until catalogued
+        _unit = "ns" if _name.endswith("_ns") else "bytes" if _name.endswith("_bytes") else "count"
+        FIGURES[_name] = Figure(_name, _name.replace("_", " "), "other", _unit)
 
 
 def ordered(all_counters: bool = False) -> list[Figure]:
