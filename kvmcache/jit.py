@@ -49,6 +49,62 @@ def use_python(work: int) -> bool:
     return _python
 
 
+def compile_pending(source_file: str, entry: str) -> bool:
+    """True when the next call of the jitted ``entry`` of ``source_file`` will compile it:
+    numba has no on-disk cache index of it for this Python whose source stamp matches the
+    file (a first run after installing or changing it). False in Python mode, with the JIT
+    disabled, or with a NUMBA_CACHE_DIR elsewhere (nothing to tell then)."""
+    if _python or os.environ.get("NUMBA_DISABLE_JIT", "0") != "0":
+        return False
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return False
+    try:
+        source_mtime = os.stat(source_file).st_mtime
+    except OSError:
+        return False
+    cache = os.path.join(os.path.dirname(source_file), "__pycache__")
+    stem = os.path.splitext(os.path.basename(source_file))[0]
+    tag = f".py{sys.version_info.major}{sys.version_info.minor}.nbi"
+    try:
+        names = os.listdir(cache)
+    except OSError:
+        return True
+    for name in names:
+        if not (name.startswith(f"{stem}.{entry}-") and name.endswith(tag)):
+            continue
+        index = os.path.join(cache, name)
+        try:
+            if os.stat(index).st_mtime >= source_mtime:
+                return False
+        except OSError:
+            continue
+        if _index_matches(index, source_file):  # the file was rewritten, not changed
+            return False
+    return True
+
+
+def _index_matches(index: str, source_file: str) -> bool:
+    """Whether numba's cache index ``index`` was written for this numba and this content of
+    ``source_file`` (numba stamps a source by its SHA-256, older versions by mtime and size)."""
+    import hashlib
+    import pickle
+    from importlib.metadata import version
+
+    try:
+        with open(index, "rb") as f:
+            if pickle.load(f) != version("numba"):
+                return False
+            stamp, _ = pickle.loads(f.read())  # what numba itself reads (it imports numba)
+        with open(source_file, "rb") as f:
+            content = f.read()
+        st = os.stat(source_file)
+    except Exception:  # an unreadable or foreign index: numba will recompile
+        return False
+    if isinstance(stamp, bytes):
+        return stamp == hashlib.sha256(content).digest()
+    return stamp == (st.st_mtime, st.st_size)
+
+
 def njit(*signature: Any, **options: Any) -> Callable[[Callable], Callable]:
     """``numba.njit(*signature, **options)``, or the identity in Python mode."""
     if _python:

@@ -17,11 +17,11 @@ from rich.console import Console
 
 from kvmcache.report.compare import (
     KEY_FIGURES,
-    fmt_delta,
     relative_spread,
     render_compare,
     table_rows,
 )
+from kvmcache.report.figures import FIGURES, fmt_difference
 from kvmcache.sim.counters import COUNTERS, STRATEGIES
 from kvmcache.sim.replay import replay_many
 from kvmcache.trace import open_trace
@@ -176,10 +176,21 @@ def test_csv_one_row_per_strategy(capsys):
 
 
 def test_delta_and_spread_formatting():
-    assert fmt_delta(1234, 1178) == "+56, +4.8%"
-    assert fmt_delta(90, 100) == "-10, -10.0%"
-    assert fmt_delta(3, 0) == "+3, n/a"
-    assert fmt_delta(2_500_000_000, 2_000_000_000, page_ns=True) == "+0.500, +25.0%"
+    pages = FIGURES["pages_allocated"]
+    assert fmt_difference(pages, 1234, 1178) == "+56, +4.8%"
+    assert fmt_difference(pages, 90, 100) == "-10, -10.0%"
+    assert fmt_difference(pages, 3, 0) == "+3, n/a"
+    assert fmt_difference(pages, 3, 0, narrow=True) == "+3"
+    assert fmt_difference(pages, 90, 100, narrow=True) == "-10.0%"
+    assert fmt_difference(pages, 263_361_073, 1, narrow=True) == "x263.4M"
+    assert fmt_difference(pages, 100_001, 100_000) == "+1, +<0.1%"
+    idle = FIGURES["cache_idle_page_ns"]
+    assert fmt_difference(idle, 2_500_000_000, 2_000_000_000) == "+0.500, +25.0%"
+    lat = FIGURES["time_locked_ns"]
+    assert fmt_difference(lat, 104_400, 11_000) == "+93.4 us, +849.1%"
+    assert fmt_difference(lat, 121_000, 11_000) == "+110 us, x11.0"
+    mem = FIGURES["pamt_bytes_peak"]
+    assert fmt_difference(mem, 221_184, 212_992) == "+8 KiB, +3.8%"
     assert relative_spread([5, 5, 5]) == 0.0
     assert relative_spread([0, 0]) == 0.0
     assert relative_spread([0, 3]) == 1.0
@@ -190,17 +201,22 @@ def _results(trace: str, allocs=STRATEGIES):
     return replay_many(open_trace(trace), list(allocs))
 
 
-def test_rows_sorted_by_spread():
-    results = _results(G01)
-    rows = table_rows(results)
-    assert [r.counter for r in rows] != [c for _, c in KEY_FIGURES]
-    assert sorted(r.counter for r in rows) == sorted(c for _, c in KEY_FIGURES)
-    spreads = [r.spread for r in rows]
-    assert spreads == sorted(spreads, reverse=True)
-    # golden 01: `none` has no PAMT at all (spread 1), nobody allocates under the lock (spread 0)
-    assert rows[0].counter == "pamt_pairs_peak" and rows[0].spread == 1.0
-    assert [r.counter for r in rows[-2:]] == ["alloc_under_lock", "fault_retries"]
-    assert len(table_rows(results, all_counters=True)) == len(COUNTERS)
+def test_rows_in_a_stable_grouped_order():
+    """Rows keep the key figures' order (memory, safety, DPAMT traffic, waste, time),
+    whatever the values: the same trace or another gives the same rows."""
+    rows = table_rows(_results(G01))
+    assert [r.counter for r in rows] == [f.counter for f in KEY_FIGURES]
+    assert [r.counter for r in table_rows(_results(G07))] == [r.counter for r in rows]
+    groups = [r.figure.group for r in rows]
+    assert list(dict.fromkeys(groups)) == ["memory", "safety", "DPAMT traffic", "waste", "time"]
+    assert rows[0].counter == "pamt_bytes_peak"
+    # golden 01: `none` has no PAMT pair at all (spread 1), nobody allocates under the lock
+    pairs = next(r for r in rows if r.counter == "pamt_pairs_peak")
+    assert pairs.spread == 1.0 and pairs.values[0] == 0
+    under = next(r for r in rows if r.counter == "alloc_under_lock")
+    assert under.spread == 0.0
+    every = table_rows(_results(G01), all_counters=True)
+    assert len([r for r in every if r.figure.limitable]) == len(COUNTERS)
 
 
 @pytest.mark.parametrize("width", [200, 80])
@@ -208,16 +224,18 @@ def test_table_cells(width):
     console = Console(record=True, width=width, color_system=None)
     render_compare(_results(G01), "dpamt-install", console)
     text = console.export_text()
-    assert "kvmcache compare" in text and "(reference)" in text
-    flat = " ".join(text.split())
+    assert "kvmcache compare" in text and "(ref" in text
+    assert max(len(line) for line in text.splitlines()) <= width
     if width == 200:
         # idle cache pages at peak: install 90, pair 170; pairs discarded: 0 -> 3
-        assert "170 (+80, +88.9%)" in text
-        assert "3 (+3, n/a)" in text
+        assert "170 (680 KiB) (+80, +88.9%)" in text
+        assert "3 (24 KiB) (+3, n/a)" in text
         assert "cache_pages_idle_peak" in text
     else:
-        assert max(len(line) for line in text.splitlines()) <= 80
-        assert "(+80," in flat and "+88.9%)" in flat
+        lines = text.splitlines()
+        i = next(n for n, line in enumerate(lines) if line.startswith("idle cache pages at peak"))
+        assert lines[i].split()[-5:] == ["90", "80", "90", "170", "55"]
+        assert lines[i + 1].split() == ["cache_pages_idle_peak", "-11.1%", "=", "+88.9%", "-38.9%"]
     assert "spinlock-safe" in text and "balanced" in text
 
 
@@ -239,13 +257,14 @@ def test_missing_trace_is_usage_error(capsys, tmp_path):
     assert err == f"kvmcache: error: {missing}: no such file\n"
 
 
-def test_table_to_a_pipe_is_wide_enough_not_to_wrap(capsys, monkeypatch):
-    """Piped, the table is laid out for PIPE_WIDTH columns: one line per counter, every
-    strategy's value on it (rich alone would wrap it at 80)."""
+def test_table_to_a_pipe_fits_pipe_width(capsys, monkeypatch):
+    """Piped, the table is laid out for PIPE_WIDTH columns: one line per figure with every
+    strategy's value on it."""
     monkeypatch.delenv("COLUMNS", raising=False)
     code, out, err = run_cli(capsys, "compare", G07, "--format", "table", "--no-progress")
     assert code == 0, err
-    rows = [line for line in out.splitlines() if "PAMT.ADD" in line]
+    rows = [line for line in out.splitlines() if "PAMT.ADD " in line and "mmu_lock" not in line]
     assert len(rows) == 1
-    assert rows[0].count("│") >= len(STRATEGIES) + 1
+    cells = [cell.strip() for cell in rows[0].split("│")[1:-1]]
+    assert cells == ["PAMT.ADD", "pamt_add", "7", "0 -100.0%", "42 +500.0%", "7 =", "7 ="]
     assert max(len(line) for line in out.splitlines()) <= 160

@@ -368,7 +368,7 @@ def test_info_shows_the_import_sidecar(capsys, tmp_path):
         "source": "trace-cmd report (perf.dat)",
         "vcpu_map": {"CPU 0/KVM-1234": 0, "CPU 1/KVM-1235": 1},
     }
-    code, out, _ = run(capsys, "info", str(t))
+    code, out, _ = run(capsys, "info", str(t), "--format", "table")
     assert code == 0
     assert "CPU 1/KVM-1235 -> 1" in out and "trace-cmd report (perf.dat)" in out
     (tmp_path / "rec.kvmt.import.yaml").write_text("- not a mapping\n")
@@ -379,7 +379,7 @@ def test_info_shows_the_import_sidecar(capsys, tmp_path):
 
 def test_info_table(capsys):
     path = os.path.join(TRACES, "vmx-basic.kvmt")
-    code, out, err = run(capsys, "info", path)
+    code, out, err = run(capsys, "info", path, "--format", "table")
     assert (code, err) == (0, "")
     lines = {ln.strip("│ ").split("│")[0].strip(): ln for ln in out.splitlines() if "│" in ln}
     assert "0x200000 (8 GiB guest)" in lines["gfn_limit"]
@@ -405,5 +405,5 @@ def test_info_empty_trace_and_crashed_writer(capsys, tmp_path):
         "regressions": 0,
     }
     assert doc["vcpus"] == {"count": 0, "max": None}
-    code, out, _ = run(capsys, "info", str(p))
+    code, out, _ = run(capsys, "info", str(p), "--format", "table")
     assert code == 0 and "unknown (0)" in out and "no (the writer did not close it)" in out

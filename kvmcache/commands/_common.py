@@ -29,7 +29,7 @@ def set_option(f: F) -> F:
         "sets",
         multiple=True,
         metavar="NAME=VALUE",
-        help="Set a model parameter (MODEL.md section 2); repeatable.",
+        help="Set a model parameter (each is defined in docs/figures.md); repeatable.",
     )(f)
 
 
@@ -71,6 +71,21 @@ def load_inputs(config_path: str | None, sets: tuple[str, ...]) -> tuple[Config,
     return load_config(config_path), parse_assignments(sets)
 
 
+FIRST_RUN_NOTE = "kvmcache: compiling (first run only, ~20 s; `kvmcache warmup` does it ahead)"
+
+
+def first_run_note() -> None:
+    """On a terminal, say so when the replay kernel is about to be compiled: a progress bar
+    would otherwise sit at 0 for 15-25 s."""
+    import os
+
+    from kvmcache.jit import compile_pending
+
+    kernel = os.path.join(os.path.dirname(os.path.dirname(__file__)), "sim", "kernel.py")
+    if sys.stderr.isatty() and compile_pending(kernel, "run_chunk"):
+        print(FIRST_RUN_NOTE, file=sys.stderr, flush=True)
+
+
 @contextmanager
 def progress_bar(
     total: int | None, enabled: bool, label: str = "replay"
@@ -80,6 +95,7 @@ def progress_bar(
     The bar appears only when stderr is a terminal and the work has run for over a
     second; the callback is called per chunk, so it costs nothing per event.
     """
+    first_run_note()
     if not enabled or not sys.stderr.isatty():
         yield lambda done: None
         return

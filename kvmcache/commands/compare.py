@@ -42,7 +42,9 @@ def choose_strategies(asked: tuple[str, ...], everything: list[str]) -> tuple[li
 @common.config_option
 @common.format_option
 @click.option(
-    "--all-counters", is_flag=True, help="Show every counter in the table, not only key figures."
+    "--all-counters",
+    is_flag=True,
+    help="Show every counter in the table, not only key figures (docs/figures.md).",
 )
 @click.option(
     "--threads",
@@ -75,6 +77,7 @@ def command(
 
     The trace is read once: each chunk of events runs through one model state per
     strategy. Exit 3 when a --limit or --require fails (the report is still printed).
+    Every figure of the table is defined in docs/figures.md.
     """
     from kvmcache.jit import use_python
     from kvmcache.sim.replay import all_strategies_for, replay_many, resolve_params

@@ -41,14 +41,13 @@ def _load_import(path: str) -> dict[str, Any] | None:
     "--format",
     "fmt",
     type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
+    default=None,
+    help="Output format (default: table on a terminal, json otherwise).",
 )
 @click.option(
     "--strict", is_flag=True, help="Treat a truncated binary trace as an error, not a warning."
 )
-def command(trace: str, fmt: str, strict: bool) -> None:
+def command(trace: str, fmt: str | None, strict: bool) -> None:
     """Print a trace's header and event statistics.
 
     Print TRACE's header and event statistics (`-` reads standard input).
@@ -58,7 +57,9 @@ def command(trace: str, fmt: str, strict: bool) -> None:
     source = open_trace(trace, strict=strict)
     doc = {"schema": INFO_SCHEMA, "version": __version__, **gather(source)}
     doc["import"] = _load_import(trace)
-    if fmt == "json":
+    from kvmcache.report.formats import resolve_format
+
+    if resolve_format(fmt) == "json":
         click.echo(json.dumps(doc, indent=1, default=str))
     else:
         from kvmcache.report.info import render_table

@@ -17,7 +17,7 @@ from kvmcache.sim.counters import DEFAULT_STRATEGY
     type=common.alloc_choice(),
     default=DEFAULT_STRATEGY,
     show_default=True,
-    help="Allocation strategy (MODEL.md section 3).",
+    help="Allocation strategy (the README's table says what each one models).",
 )
 @common.set_option
 @common.config_option
@@ -57,6 +57,7 @@ def command(
     Replay TRACE (YAML or binary; - reads standard input) under one strategy.
 
     Exit 3 when a --limit or --require fails (the report is still printed).
+    Every figure of the report is defined in docs/figures.md.
     """
     from kvmcache.jit import use_python
     from kvmcache.sim.replay import replay, resolve_params

@@ -106,7 +106,7 @@ def points_progress(enabled: bool) -> Iterator[tuple[Callable[[int], None], Call
     default="cache_pages_idle_peak",
     show_default=True,
     metavar="COUNTER",
-    help="Rank points by this counter (ascending; -COUNTER for descending).",
+    help="Rank points by this counter (ascending; -COUNTER for descending; names in docs/figures.md).",
 )
 @common.format_option
 @click.option(
@@ -166,6 +166,7 @@ def command(
         fmt = format_for(output)
     fmt = common.resolve_format(fmt)
 
+    common.first_run_note()
     with points_progress(not no_progress) as (on_start, on_done):
         result = sweep_mod.run_sweep(
             list(traces),

@@ -1,4 +1,4 @@
-"""CSV reports: one row per run, every parameter and counter a column."""
+"""CSV reports: one row per run, every parameter, counter and histogram bucket a column."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ from collections.abc import Iterable, Sequence
 
 from kvmcache.params import PARAMS
 from kvmcache.results import VERDICTS, ReplayResult, verdict
-from kvmcache.sim.counters import COUNTERS, FAULT_PAGES_BUCKETS
+from kvmcache.sim.counters import COUNTERS, HISTOGRAM_BUCKETS, HISTOGRAMS
+
+
+def histogram_columns() -> list[str]:
+    """``fault_pages_0`` .. ``fault_pages_16``, then ``fault_latency_0`` .. ``fault_latency_31``."""
+    return [f"{h}_{i}" for h in HISTOGRAMS for i in range(HISTOGRAM_BUCKETS[h])]
 
 
 def columns(extra: Sequence[str] = ()) -> list[str]:
@@ -17,7 +22,7 @@ def columns(extra: Sequence[str] = ()) -> list[str]:
         ["trace", "alloc", "effective_alloc", *extra]
         + [p.name for p in PARAMS]
         + list(COUNTERS)
-        + [f"fault_pages_{i}" for i in range(FAULT_PAGES_BUCKETS)]
+        + histogram_columns()
         + list(VERDICTS)
     )
 
@@ -31,7 +36,7 @@ def row(result: ReplayResult, extra: Sequence[object] = ()) -> list[object]:
         [result.header.path, result.alloc, result.effective_alloc, *extra]
         + params
         + [result.counters[c] for c in COUNTERS]
-        + list(result.histograms["fault_pages"])
+        + [n for h in HISTOGRAMS for n in _buckets(result, h)]
         + [str(ok).lower() for ok in verdict(result.counters).values()]
     )
 
@@ -44,3 +49,8 @@ def render(results: Iterable[ReplayResult]) -> str:
     for r in results:
         w.writerow(row(r))
     return out.getvalue()
+
+
+def _buckets(result: ReplayResult, name: str) -> list[int]:
+    """A histogram's buckets (zeros for a result made without it)."""
+    return list(result.histograms.get(name, [0] * HISTOGRAM_BUCKETS[name]))

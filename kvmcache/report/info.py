@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from kvmcache.report.units import duration, human_bytes
 
-def human_bytes(n: int) -> str:
-    """``4294967296`` -> ``4 GiB`` (one decimal when not a whole number of units)."""
-    for shift, unit in ((50, "PiB"), (40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")):
-        if n >= 1 << shift:
-            q, r = divmod(n, 1 << shift)
-            return f"{q} {unit}" if r == 0 else f"{n / (1 << shift):.1f} {unit}"
-    return f"{n} B"
+__all__ = ["human_bytes", "render_table"]
+
+
+def _ts(value: int | None) -> str:
+    """A timestamp in ns with its reading: ``1,500,000 ns (1.50 ms)``."""
+    if value is None:
+        return "-"
+    return f"{value:,} ns ({duration(value)})" if value else "0 ns"
 
 
 def _none(value: Any) -> str:
@@ -43,20 +45,20 @@ def render_table(doc: dict[str, Any]) -> None:
             ("declared count", "unknown (0)" if declared is None else str(declared)),
             ("complete", "yes" if t["complete"] else "no (the writer did not close it)"),
         ],
-        [("events", str(doc["events"]))] + [(k, str(c)) for k, c in doc["ops"].items()],
+        [("events", f"{doc['events']:,}")] + [(k, f"{c:,}") for k, c in doc["ops"].items()],
         [
-            ("faults private", str(doc["faults"]["private"])),
-            ("faults shared", str(doc["faults"]["shared"])),
+            ("faults private", f"{doc['faults']['private']:,}"),
+            ("faults shared", f"{doc['faults']['shared']:,}"),
         ]
-        + [(f"faults {k}", str(c)) for k, c in doc["faults"]["levels"].items()],
+        + [(f"faults {k}", f"{c:,}") for k, c in doc["faults"]["levels"].items()],
         [
             ("vcpus", str(doc["vcpus"]["count"])),
             ("max vcpu index", _none(doc["vcpus"]["max"])),
         ],
         [
-            ("ts first", _none(doc["ts"]["first"])),
-            ("ts last", _none(doc["ts"]["last"])),
-            ("ts span (max - min)", _none(doc["ts"]["span"])),
+            ("ts first", _ts(doc["ts"]["first"])),
+            ("ts last", _ts(doc["ts"]["last"])),
+            ("ts span (max - min)", _ts(doc["ts"]["span"])),
             ("ts regressions", str(doc["ts"]["regressions"])),
         ],
         [
