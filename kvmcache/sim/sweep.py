@@ -395,7 +395,12 @@ def run_threads(
     try:
         futures = [pool.submit(_run_unit_unless, cancel, u) for u in units]
         for fut in as_completed(futures):
-            res = _collect(fut.result)
+            try:
+                res = _collect(fut.result)
+            except _Cancelled:
+                # Stopped because another unit failed: that unit's future reports the
+                # error (the two can complete in either order).
+                continue
             out.extend(res)
             if on_done is not None:
                 on_done(len(res))
