@@ -323,7 +323,11 @@ LAT_128 = np.uint64(128)
 SH7 = np.uint64(7)
 
 M32 = np.uint64(0xFFFFFFFF)
+M8 = np.uint64(0xFF)
 SH32 = np.uint64(32)
+SH40 = np.uint64(40)
+SH48 = np.uint64(48)
+MAX_VCPUS_U = np.uint64(MAX_VCPUS)
 U64_ONE = np.uint64(1)
 #: BIT[k] = 1 << k as int64 (bit 63 included), for the presence bitmap.
 BIT = (np.uint64(1) << np.arange(64, dtype=np.uint64)).view(np.int64)
@@ -1411,6 +1415,12 @@ def _split(m, lf, u, gfn, private):
 # The chunk loop.
 
 
+def records_u64(chunk: np.ndarray) -> np.ndarray:
+    """A chunk of EVENT_DTYPE records as the flat little-endian u64 words run_chunk reads
+    (a view when the chunk is contiguous)."""
+    return np.ascontiguousarray(chunk).view("<u8")
+
+
 @njit(**JIT)
 def _tick(m, u, t):
     """Count an event at ts t: ts going backwards, and the idle pages after the previous
@@ -1456,16 +1466,14 @@ def run_chunk(
     m: np.ndarray,
     lf: np.ndarray,
     u: np.ndarray,
-    ts: np.ndarray,
-    op: np.ndarray,
-    vcpu: np.ndarray,
-    gfn: np.ndarray,
-    pfn: np.ndarray,
-    level: np.ndarray,
-    flags: np.ndarray,
+    rec: np.ndarray,
     start: int,
 ) -> tuple[int, int]:
     """Replay events [start, len) of one chunk. Returns (status, index in chunk).
+
+    ``rec`` is the chunk's 32-byte records as little-endian u64 words, four per event
+    (``records_u64``): ts, gfn, pfn, then vcpu | op << 32 | level << 40 | flags << 48. One
+    flat array keeps the loop's pointers and strides in registers.
 
     Status ST_OK: chunk done. ST_GROW_*: the driver must enlarge a region and call again
     from the returned index (nothing of that event has been applied). ST_SAMPLES_FULL:
@@ -1526,15 +1534,17 @@ def run_chunk(
     n_unmaps = 0
     n_missing = 0
     n_back = 0
-    n = ts.shape[0]
+    n = rec.shape[0] >> 2
     for i in range(start, n):
-        o = op[i]
+        r4 = 4 * i
+        w3 = rec[r4 + 3]
+        o = np.int64((w3 >> SH32) & M8)
         if fast and (o == OP_FAULT or o == OP_UNMAP):
-            g = np.int64(gfn[i])
+            g = np.int64(rec[r4 + 1])
             w = g >> 6
-            lv = level[i]
+            lv = np.int64((w3 >> SH40) & M8)
             if g >= 0 and w < npw and lv >= 1 and lv <= 3:
-                private = (flags[i] & 1) != 0
+                private = (w3 >> SH48) & U64_ONE != U64_ZERO
                 root = MIRROR if private else DIRECT
                 wi = pbits + root * npw + w
                 bit = BIT[g & 63]
@@ -1544,7 +1554,7 @@ def run_chunk(
                 present2 = (m[pb2 + root * n2 + (e2 >> 6)] & BIT[e2 & 63]) != 0
                 present3 = (m[pb3 + root * n3 + (e3 >> 6)] & BIT[e3 & 63]) != 0
                 mirror_dpamt = private and dpamt
-                t = ts[i]
+                t = rec[r4]
                 done = False
                 if o == OP_UNMAP and lv != 1:
                     if not (present2 if lv == 2 else present3):
@@ -1573,10 +1583,10 @@ def run_chunk(
                             lf[li] = 0
                             m[wi] &= ~bit
                             done = True
-                elif (private and not tdx) or vcpu[i] >= MAX_VCPUS:
+                elif (private and not tdx) or (w3 & M32) >= MAX_VCPUS_U:
                     pass
                 else:
-                    v = m[vmap + np.int64(vcpu[i])] - 1
+                    v = m[vmap + np.int64(w3 & M32)] - 1
                     c = vcnt + 5 * v
                     covered = present or present2 or present3
                     if (
@@ -1599,7 +1609,7 @@ def run_chunk(
                                 x = 0
                                 ok = True
                                 if mirror_dpamt:
-                                    x = np.int64(pfn[i]) >> 9
+                                    x = np.int64(rec[r4 + 2]) >> 9
                                     # Not PAMT.ADD, nor a range dpamt-alloc's caches pin.
                                     ok = m[refc + x] > 0 and not (pin_check and m[cached + x] != 0)
                                 if ok:
@@ -1663,7 +1673,7 @@ def run_chunk(
         uses_vcpu = o == OP_FAULT or o == OP_VCPU_CREATE or o == OP_VCPU_DESTROY
         v = 0
         if uses_vcpu:
-            vid = np.int64(vcpu[i])
+            vid = np.int64(w3 & M32)
             if vid >= MAX_VCPUS:
                 m[G_ERR] = E_BAD_VCPU
                 return ST_ERROR, i
@@ -1682,7 +1692,7 @@ def run_chunk(
             return ST_GROW_RANGES, i
         if every > 0 and m[G_NSAMPLES] >= nsmax:
             return ST_SAMPLES_FULL, i
-        private = (flags[i] & 1) != 0
+        private = (w3 >> SH48) & U64_ONE != U64_ZERO
         # Input errors that the model defines (sections 5, 7).
         if m[G_VM] == 2:
             m[G_ERR] = E_AFTER_DESTROY
@@ -1692,7 +1702,7 @@ def run_chunk(
             return ST_ERROR, i
         if o == OP_VCPU_CREATE and m[m[O_VLIVE] + v] != 0:
             m[G_ERR] = E_VCPU_LIVE
-            m[G_ERR_ARG] = vcpu[i]
+            m[G_ERR_ARG] = np.int64(w3 & M32)
             return ST_ERROR, i
         if o == OP_VM_CREATE and m[G_VM] != 0:
             m[G_ERR] = E_VM_EXISTS
@@ -1701,7 +1711,7 @@ def run_chunk(
             m[G_ERR] = E_BAD_OP
             m[G_ERR_ARG] = o
             return ST_ERROR, i
-        t = ts[i]
+        t = rec[r4]
         _tick(m, u, t)
         # 8.1: the event starts at its ts, or when its vCPU is next free.
         start = t
@@ -1713,12 +1723,13 @@ def run_chunk(
         u[U_T] = start
         u[U_START] = start
         if o == OP_FAULT:
-            _fault(m, lf, u, v, np.int64(gfn[i]), np.int64(pfn[i]), np.int64(level[i]), private)
+            lv = np.int64((w3 >> SH40) & M8)
+            _fault(m, lf, u, v, np.int64(rec[r4 + 1]), np.int64(rec[r4 + 2]), lv, private)
             u[N_U + v] = u[U_T]
         elif o == OP_UNMAP:
-            _unmap(m, lf, u, np.int64(gfn[i]), np.int64(level[i]), private)
+            _unmap(m, lf, u, np.int64(rec[r4 + 1]), np.int64((w3 >> SH40) & M8), private)
         elif o == OP_SPLIT:
-            _split(m, lf, u, np.int64(gfn[i]), private)
+            _split(m, lf, u, np.int64(rec[r4 + 1]), private)
         elif o == OP_VCPU_CREATE:
             _vcpu_create(m, u, v)
             u[N_U + v] = u[U_T]

@@ -83,19 +83,11 @@ class _Run:
     def feed(self, chunk: np.ndarray, base: int) -> None:
         K = self.K
         t0 = time.perf_counter()
-        cols = (
-            chunk["ts"],
-            chunk["op"],
-            chunk["vcpu"],
-            chunk["gfn"],
-            chunk["pfn"],
-            chunk["level"],
-            chunk["flags"],
-        )
+        rec = K.records_u64(chunk)
         start = 0
         while True:
             st = self.s
-            status, idx = K.run_chunk(st.m, st.lf, st.u, *cols, start)
+            status, idx = K.run_chunk(st.m, st.lf, st.u, rec, start)
             start = int(idx)
             if status == K.ST_OK:
                 break
