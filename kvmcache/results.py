@@ -42,6 +42,24 @@ def spinlock_cost(counters: Mapping[str, int]) -> int:
     return sum(counters[c] for c in VERDICTS["spinlock_safe"])
 
 
+def spinlock_problem(counters: Mapping[str, int]) -> str | None:
+    """Why a run is not spinlock-safe, in words, or None when it is.
+
+    Two different faults: "allocates under mmu_lock" (a page allocated inside the locked
+    section) and "retries" (a fault dropped the lock to retry, which allocates nothing
+    under it), or both.
+    """
+    under = counters["alloc_under_lock"] > 0
+    retries = counters["fault_retries"] > 0
+    if under and retries:
+        return "allocates under mmu_lock and retries"
+    if under:
+        return "allocates under mmu_lock"
+    if retries:
+        return "retries"
+    return None
+
+
 @dataclass
 class ReplayResult:
     """What one replay of one trace under one strategy computed."""
@@ -57,6 +75,7 @@ class ReplayResult:
     notes: list[str] = field(default_factory=list)
     ts_first: int | None = None
     ts_last: int | None = None
+    trace_digest: str | None = None  # kvmcache.trace.digest of the header and records
 
     @property
     def spinlock_safe(self) -> bool:

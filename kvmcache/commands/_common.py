@@ -80,7 +80,9 @@ def progress_bar(
     The bar appears only when stderr is a terminal and the work has run for over a
     second; the callback is called per chunk, so it costs nothing per event.
     """
-    if not enabled or not sys.stderr.isatty():
+    from kvmcache import verbosity
+
+    if not enabled or verbosity.is_quiet() or not sys.stderr.isatty():
         yield lambda done: None
         return
     from rich.console import Console

@@ -68,6 +68,7 @@ def command(
     baseline_path: str | None,
     limits: tuple[str, ...],
     require: tuple[str, ...],
+    junit_path: str | None,
 ) -> None:
     """Replay a trace under several strategies, side by side.
 
@@ -80,9 +81,11 @@ def command(
     from kvmcache.sim.replay import all_strategies_for, replay_many, resolve_params
     from kvmcache.trace import open_trace
 
-    common.check_outputs({"--save-baseline": save_path}, [trace, config_path, baseline_path])
+    common.check_outputs(
+        {"--save-baseline": save_path, "--junit": junit_path}, [trace, config_path, baseline_path]
+    )
     config, overrides = common.load_inputs(config_path, sets)
-    gate = gating.build_gate(config, limits, require, baseline_path, save_path)
+    gate = gating.build_gate(config, limits, require, baseline_path, save_path, junit_path)
     source = open_trace(trace, strict=strict)
     strategies, reference = choose_strategies(allocs, all_strategies_for(source.header))
     use_python((source.header.count or 0) * len(strategies))  # a tiny trace: no numba start-up
@@ -96,7 +99,7 @@ def command(
     from kvmcache.report.documents import compare_document
 
     doc = compare_document(results, reference)
-    gate.check_after(doc["runs"])
+    checks = gating.check(gate, doc, doc["runs"])
     report = Report("compare", doc, results, reference=reference, all_counters=all_counters)
     common.emit(report, common.resolve_format(fmt))
-    gating.finish(gate, doc, doc["runs"])
+    gating.finish(gate, doc, checks, f"kvmcache compare {trace}")

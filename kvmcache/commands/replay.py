@@ -51,6 +51,7 @@ def command(
     baseline_path: str | None,
     limits: tuple[str, ...],
     require: tuple[str, ...],
+    junit_path: str | None,
 ) -> None:
     """Replay a trace through the model under one allocation strategy.
 
@@ -63,11 +64,11 @@ def command(
     from kvmcache.trace import open_trace
 
     common.check_outputs(
-        {"--timeline": timeline_path, "--save-baseline": save_path},
+        {"--timeline": timeline_path, "--save-baseline": save_path, "--junit": junit_path},
         [trace, config_path, baseline_path],
     )
     config, overrides = common.load_inputs(config_path, sets)
-    gate = gating.build_gate(config, limits, require, baseline_path, save_path)
+    gate = gating.build_gate(config, limits, require, baseline_path, save_path, junit_path)
     source = open_trace(trace, strict=strict)
     use_python(source.header.count or 0)  # a tiny trace: no numba start-up
     params = resolve_params(source.header, config.params, overrides)
@@ -88,6 +89,6 @@ def command(
     from kvmcache.report.documents import replay_document
 
     doc = replay_document(result)
-    gate.check_after([doc])
+    checks = gating.check(gate, doc, [doc])
     common.emit(Report("replay", doc, [result]), common.resolve_format(fmt))
-    gating.finish(gate, doc, [doc])
+    gating.finish(gate, doc, checks, f"kvmcache replay {trace}")

@@ -17,7 +17,9 @@ from kvmcache.report.formats import Report, format_for
 @contextmanager
 def points_progress(enabled: bool) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
     """(on_start(total), on_done(n)) driving a points-done bar with an ETA on stderr (TTY only)."""
-    if not enabled or not sys.stderr.isatty():
+    from kvmcache import verbosity
+
+    if not enabled or verbosity.is_quiet() or not sys.stderr.isatty():
         yield (lambda total: None), (lambda n: None)
         return
     from rich.console import Console

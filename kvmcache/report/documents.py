@@ -54,6 +54,7 @@ def trace_info(result: ReplayResult) -> dict[str, Any]:
         "host_pfn_limit": h.host_pfn_limit,
         "ts_first": result.ts_first,
         "ts_last": result.ts_last,
+        "digest": result.trace_digest,
     }
 
 

@@ -199,7 +199,7 @@ class _Run:
 
 
 def _validated_chunks(
-    chunks: Iterable[np.ndarray], validator, depth: int = 1
+    chunks: Iterable[np.ndarray], validator, depth: int = 1, digest=None
 ) -> Iterator[np.ndarray]:
     """The chunks in order, read and validated on a background thread ``depth`` ahead.
 
@@ -207,6 +207,8 @@ def _validated_chunks(
     replaying this one. An error (bad input, unreadable file) is raised here when the
     consumer reaches the chunk it belongs to, so earlier chunks are replayed first, as
     without the thread. At most ``depth + 1`` chunks are alive: memory stays constant.
+    ``digest`` (a :class:`~kvmcache.trace.digest.TraceDigest`) is updated with each chunk
+    on the same thread, as it is read.
     """
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -227,6 +229,8 @@ def _validated_chunks(
             for chunk in chunks:
                 if validator is not None:
                     validator.check(chunk, base)
+                if digest is not None:
+                    digest.update(chunk)
                 if not put((chunk, None)):
                     return
                 base += len(chunk)
@@ -266,7 +270,8 @@ def replay_many(
 
     Each chunk is read (and validated) once and then run through one kernel state per
     strategy; with ``threads`` > 1 the strategies of a chunk run in parallel threads
-    (the kernel releases the GIL).
+    (the kernel releases the GIL). Each result carries the trace's content digest
+    (:mod:`kvmcache.trace.digest`), computed on the reader thread as the chunks stream by.
     """
     header = source.header
     merged = dict(params) if params is not None else resolve_params(header, config, overrides)
@@ -276,11 +281,14 @@ def replay_many(
         from kvmcache.trace.validate import Validator
 
         validator = Validator(header)
+    from kvmcache.trace.digest import TraceDigest
+
+    digest = TraceDigest(header)
     pool = ThreadPoolExecutor(threads) if threads > 1 and len(runs) > 1 else None
     base = 0
     ts_first = ts_last = None
     try:
-        for chunk in _validated_chunks(source.chunks(), validator):
+        for chunk in _validated_chunks(source.chunks(), validator, digest=digest):
             if len(chunk):
                 if ts_first is None:
                     ts_first = int(chunk["ts"][0])
@@ -299,8 +307,10 @@ def replay_many(
         if pool is not None:
             pool.shutdown()
     results = [r.finish() for r in runs]
+    trace_digest = digest.hexdigest()
     for res in results:
         res.ts_first, res.ts_last = ts_first, ts_last
+        res.trace_digest = trace_digest
     return results
 
 
