@@ -14,7 +14,7 @@ from kvmcache.params import PARAMS
 from kvmcache.report import csvfmt
 from kvmcache.results import VERDICTS
 from kvmcache.sim.counters import COUNTERS, FAULT_PAGES_BUCKETS
-from kvmcache.sim.sweep import PARETO_OBJECTIVES, PointResult, SweepResult, rank, sort_key
+from kvmcache.sim.sweep import PointResult, SweepResult, point_metric, rank, sort_key
 
 #: Counters the table shows for every point (the sort counter is added when it is another).
 KEY_COUNTERS: tuple[str, ...] = (
@@ -59,6 +59,10 @@ def render_csv(sweep: SweepResult, by: str = "cache_pages_idle_peak") -> str:
     return out.getvalue()
 
 
+def _metric_text(v: int | None) -> str:
+    return "-" if v is None else f"{v:,}"
+
+
 def _short(path: str, others: list[str]) -> str:
     """A trace's base name, or its full path when two traces share a base name."""
     base = os.path.basename(path)
@@ -97,19 +101,18 @@ def render_table(sweep: SweepResult, console: Console, by: str = "cache_pages_id
         t.add_column(_header(c), justify="right", style="bold" if c == counter else None)
     t.add_column("pareto", justify="center")
     for i, p in enumerate(valid, 1):
-        c = p.counters
         t.add_row(
             str(i),
             _short(p.trace, sweep.traces),
             p.alloc,
             *(_param_text(p.params[a]) for a in axes),
-            *(f"{c[name]:,}" for name in shown),
+            *(_metric_text(point_metric(p, name)) for name in shown),
             Text(PARETO_MARK, style="bold yellow") if p.pareto else "",
         )
     console.print(t)
     note = Text(
         f"sorted by {counter} ({'descending' if desc else 'ascending'}); Pareto front per trace "
-        f"among valid points, minimising {', '.join(PARETO_OBJECTIVES)}",
+        f"among valid points, minimising {', '.join(sweep.objectives)}",
         style="dim",
     )
     console.print(note)
