@@ -85,7 +85,6 @@ def progress_bar(
     if not enabled or verbosity.is_quiet() or not sys.stderr.isatty():
         yield lambda done: None
         return
-    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -94,9 +93,11 @@ def progress_bar(
         TimeRemainingColumn,
     )
 
+    from kvmcache.report.formats import make_console
+
     start = time.monotonic()
     state: dict[str, object] = {"bar": None, "task": None}
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
 
     def update(done: int) -> None:
         if state["bar"] is None:

@@ -22,7 +22,6 @@ def points_progress(enabled: bool) -> Iterator[tuple[Callable[[int], None], Call
     if not enabled or verbosity.is_quiet() or not sys.stderr.isatty():
         yield (lambda total: None), (lambda n: None)
         return
-    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -32,6 +31,8 @@ def points_progress(enabled: bool) -> Iterator[tuple[Callable[[int], None], Call
         TimeRemainingColumn,
     )
 
+    from kvmcache.report.formats import make_console
+
     bar = Progress(
         TextColumn("[cyan]sweep"),
         BarColumn(),
@@ -40,7 +41,7 @@ def points_progress(enabled: bool) -> Iterator[tuple[Callable[[int], None], Call
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
+        console=make_console(stderr=True),
         transient=True,
         refresh_per_second=10,
     )
