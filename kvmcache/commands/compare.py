@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import time
 
 import click
 
+from kvmcache import verbosity
 from kvmcache.commands import _common as common
 from kvmcache.commands import _gates as gating
 from kvmcache.report.formats import Report
@@ -94,7 +96,12 @@ def command(
     if threads == 0:
         threads = min(len(strategies), os.cpu_count() or 1)
     with common.progress_bar(source.header.count, not no_progress, label="compare") as progress:
+        started = time.perf_counter()
         results = replay_many(source, strategies, params=params, progress=progress, threads=threads)
+    verbosity.detail(
+        f"{trace}: {results[0].counters['events']:,} events, content {results[0].trace_digest}; "
+        f"replayed in {time.perf_counter() - started:.2f} s"
+    )
 
     from kvmcache.report.documents import compare_document
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import click
 
+from kvmcache import verbosity
 from kvmcache.commands import _common as common
 from kvmcache.commands import _gates as gating
 from kvmcache.report.formats import Report
@@ -79,9 +82,14 @@ def command(
 
         sample_every = every or default_every(source.header.count)
     with common.progress_bar(source.header.count, not no_progress) as progress:
+        started = time.perf_counter()
         result = replay(
             source, alloc, params=params, progress=progress, timeline_every=sample_every
         )
+    verbosity.detail(
+        f"{trace}: {result.counters['events']:,} events, content {result.trace_digest}; "
+        f"replayed in {time.perf_counter() - started:.2f} s"
+    )
     if timeline_path:
         from kvmcache.report.timeline import write_timeline
 

@@ -429,36 +429,35 @@ def text_summary(data: PlotData) -> str:
                     f"max {max(v, default=0):,} last {v[-1] if v else 0:,}"
                 )
     elif data.kind == "sweep":
+        if data.x is None or data.y is None:
+            choose_axes(data)
+        xn, yn = data.x or "", data.y or ""
+
+        def v(r: Run, name: str) -> int:
+            return r.value(name) or 0
+
+        objectives = [o for o in data.objectives if o not in (xn, yn)]
         lines.append(f"sweep: {', '.join(data.sources)}; grid: {', '.join(data.grid) or '(none)'}")
-        lines.append(
-            "per strategy, in grid order: idle cache pages at peak | allocs under lock + retries"
-        )
+        lines.append(f"per strategy, in grid order: {xn} | {yn}")
         for trace in dict.fromkeys(r.trace for r in data.runs):
             lines.append(f"{trace}")
             runs = [r for r in data.runs if r.trace == trace]
             for alloc in _order_allocs([r.alloc for r in runs]):
                 rs = [r for r in runs if r.alloc == alloc]
                 rs.sort(key=lambda r: tuple(_sortable(r.params.get(g)) for g in data.grid))
-                idle = [r.counters["cache_pages_idle_peak"] for r in rs]
-                lock = [lock_cost(r.counters) for r in rs]
-                best = min(
-                    rs, key=lambda r: (lock_cost(r.counters), r.counters["cache_pages_idle_peak"])
-                )
+                best = min(rs, key=lambda r: (v(r, yn), v(r, xn)))
                 lines.append(
-                    f"  {alloc:<15} {sparkline(idle, 24)} | {sparkline(lock, 24)}  "
-                    f"{len(rs)} points, {sum(r.pareto for r in rs)} Pareto; best "
-                    f"{_point_text(best, data.grid)}: idle {best.counters['cache_pages_idle_peak']:,}, "
-                    f"lock+retries {lock_cost(best.counters):,}"
+                    f"  {alloc:<15} {sparkline([v(r, xn) for r in rs], 24)} | "
+                    f"{sparkline([v(r, yn) for r in rs], 24)}  "
+                    f"{len(rs)} points, {sum(r.pareto for r in rs)} Pareto; lowest {yn}: "
+                    f"{_point_text(best, data.grid)}: {xn} {v(best, xn):,}, {yn} {v(best, yn):,}"
                 )
             front = [r for r in runs if r.pareto]
             if front:
-                lines.append("  Pareto front (idle peak, lock+retries, pages allocated):")
-                for r in sorted(front, key=lambda r: r.counters["cache_pages_idle_peak"]):
-                    c = r.counters
-                    lines.append(
-                        f"    {r.alloc:<15} {_point_text(r, data.grid):<28} "
-                        f"{c['cache_pages_idle_peak']:>8,} {lock_cost(c):>8,} {c['pages_allocated']:>10,}"
-                    )
+                lines.append(f"  Pareto front ({', '.join([xn, yn, *objectives])}):")
+                for r in sorted(front, key=lambda r: (v(r, xn), v(r, yn))):
+                    figures = " ".join(f"{v(r, n):>12,}" for n in (xn, yn, *objectives))
+                    lines.append(f"    {r.alloc:<15} {_point_text(r, data.grid):<28} {figures}")
     else:
         labels = _run_labels(data.runs)
         width = max(len(label) for label in labels)
