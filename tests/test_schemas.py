@@ -102,14 +102,17 @@ def test_quiet_silences_notes_and_verbose_adds_details(capsys, tmp_path):
     assert code == 0 and err.startswith("kvmcache: ")
     code, _, err = run(capsys, "-q", "convert", TIGHT, str(tmp_path / "u.kvmt"))
     assert (code, err) == (0, "")
-    code, _, err = run(
+    code, out, err = run(
         capsys, "replay", TIGHT, "--format", "json", "-v", "--limit", "pages_allocated=100"
     )
     assert code == 0
-    assert err == (
-        "kvmcache: gate passed: dpamt-install pages_allocated 37 <= 100\n"
-        "kvmcache: gates: 1 checked, 1 passed, 0 failed\n"
-    )
+    digest = json.loads(out)["trace"]["digest"]
+    lines = err.splitlines()
+    assert lines[0].startswith(f"kvmcache: {TIGHT}: 4 events, content {digest}; replayed in ")
+    assert lines[1:] == [
+        "kvmcache: gate passed: dpamt-install pages_allocated 37 <= 100",
+        "kvmcache: gates: 1 checked, 1 passed, 0 failed",
+    ]
 
 
 @pytest.mark.parametrize("value, styled", [("1", False), ("", True)])
