@@ -127,3 +127,21 @@ def test_no_color_drops_bold_and_italic(monkeypatch, value, styled):
     console.print(Text("bold", style="bold red"), Text("italic", style="italic"))
     assert ("\x1b[" in buf.getvalue()) is styled
     assert (buf.getvalue() == "bold italic\n") is not styled
+
+
+def test_shell_completion_as_documented():
+    import subprocess
+    import sys
+
+    env = {**os.environ, "_KVMCACHE_COMPLETE": "bash_complete"}
+    env.update(COMP_WORDS="kvmcache compare t.kvmt --alloc dpamt-p", COMP_CWORD="4")
+    p = subprocess.run(
+        [sys.executable, "-m", "kvmcache"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert p.returncode == 0
+    assert p.stdout.split() == ["plain,dpamt-pair", "plain,dpamt-prealloc"]
+    env.update(COMP_WORDS="kvmcache replay t.kvmt --ver", COMP_CWORD="3")
+    p = subprocess.run(
+        [sys.executable, "-m", "kvmcache"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert p.stdout.split() == ["plain,--verbose"]

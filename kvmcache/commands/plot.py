@@ -47,7 +47,7 @@ _FORMATS = ("png", "svg", "html", "table")
     metavar="COUNTER",
     default=None,
     help="Vertical axis, as --x (default: the first that varies of fault_latency_p99_ns, "
-    "fault_latency_mean_ns, time_locked_max_ns, ...).",
+    "fault_latency_ns, time_locked_max_ns, ...).",
 )
 def command(
     inputs: tuple[str, ...],

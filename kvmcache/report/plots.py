@@ -68,7 +68,7 @@ SWEEP_X: tuple[str, ...] = (
 )
 SWEEP_Y: tuple[str, ...] = (
     "fault_latency_p99_ns",
-    "fault_latency_mean_ns",
+    "fault_latency_ns",
     "time_locked_max_ns",
     SPINLOCK_COST,
     "pamt_lock_wait_ns",
@@ -80,6 +80,7 @@ AXIS_TITLES: dict[str, str] = {
     "cache_pages_idle_peak": "idle cache pages at peak",
     "fault_latency_p99_ns": "fault latency p99, ns (upper bound of its power-of-two bucket)",
     "fault_latency_mean_ns": "mean fault latency, ns",
+    "fault_latency_ns": "fault latency, ns, summed over the faults",
     SPINLOCK_COST: "allocs under mmu_lock + fault retries",
     "pages_allocated": "pages allocated",
 }
@@ -584,8 +585,11 @@ def _sweep_figure(Figure, data: PlotData, title: str | None):
             ax.set_yscale("log", base=2)
         else:
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.ticklabel_format(axis="y", style="plain", useOffset=False)
         if _use_log(xs):
             ax.set_xscale("log", base=2)
+        else:
+            ax.ticklabel_format(axis="x", style="plain", useOffset=False)
         ax.set_xlabel(axis_title(xn))
         ax.xaxis.set_tick_params(labelbottom=True)
     for ax in axes[len(allocs) :]:
