@@ -355,7 +355,7 @@ def run_unit(unit: Unit, cancel: threading.Event | None = None) -> list[PointRes
         trace_params = params_mod.parse_mapping(source.header.params or {}, unit.display)
         merged = {**params_mod.DEFAULTS, **trace_params, **layers}
         params = resolve_params(source.header, unit.config, {**unit.overrides, **unit.point})
-        res = replay_many(source, list(unit.allocs), params=params, progress=check)
+        res = replay_many(source, list(unit.allocs), params=params, progress=check, digest=False)
     except KvmcacheError as e:
         if e.exit_code != EXIT_USAGE:  # not about this point (a stale JIT cache, ...)
             raise UnitFailed(e.message, e.exit_code) from None
