@@ -77,6 +77,15 @@ def build_gate(
     )
 
 
+def wants_digest(gate: Gate, fmt: str) -> bool:
+    """Whether the replay should compute the trace digest: for a JSON report (it may become
+    a baseline), a baseline to match or save, or -v. A table or CSV on its own skips the
+    extra pass over the records."""
+    return (
+        fmt == "json" or gate.baseline is not None or bool(gate.save_path) or verbosity.is_verbose()
+    )
+
+
 def check(gate: Gate, doc: dict[str, Any], runs: Sequence[Mapping[str, Any]]) -> list[GateCheck]:
     """Before the report is printed: match the baseline (exit 2 on a mismatch), check every
     gate and record them in the JSON document (its ``gates`` key) when there are any."""

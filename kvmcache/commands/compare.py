@@ -88,6 +88,7 @@ def command(
     )
     config, overrides = common.load_inputs(config_path, sets)
     gate = gating.build_gate(config, limits, require, baseline_path, save_path, junit_path)
+    fmt = common.resolve_format(fmt)
     source = open_trace(trace, strict=strict)
     strategies, reference = choose_strategies(allocs, all_strategies_for(source.header))
     use_python((source.header.count or 0) * len(strategies))  # a tiny trace: no numba start-up
@@ -97,7 +98,14 @@ def command(
         threads = min(len(strategies), os.cpu_count() or 1)
     with common.progress_bar(source.header.count, not no_progress, label="compare") as progress:
         started = time.perf_counter()
-        results = replay_many(source, strategies, params=params, progress=progress, threads=threads)
+        results = replay_many(
+            source,
+            strategies,
+            params=params,
+            progress=progress,
+            threads=threads,
+            digest=gating.wants_digest(gate, fmt),
+        )
     verbosity.detail(
         f"{trace}: {results[0].counters['events']:,} events, content {results[0].trace_digest}; "
         f"replayed in {time.perf_counter() - started:.2f} s"
@@ -108,5 +116,5 @@ def command(
     doc = compare_document(results, reference)
     checks = gating.check(gate, doc, doc["runs"])
     report = Report("compare", doc, results, reference=reference, all_counters=all_counters)
-    common.emit(report, common.resolve_format(fmt))
+    common.emit(report, fmt)
     gating.finish(gate, doc, checks, f"kvmcache compare {trace}")

@@ -72,6 +72,7 @@ def command(
     )
     config, overrides = common.load_inputs(config_path, sets)
     gate = gating.build_gate(config, limits, require, baseline_path, save_path, junit_path)
+    fmt = common.resolve_format(fmt)
     source = open_trace(trace, strict=strict)
     use_python(source.header.count or 0)  # a tiny trace: no numba start-up
     params = resolve_params(source.header, config.params, overrides)
@@ -84,7 +85,12 @@ def command(
     with common.progress_bar(source.header.count, not no_progress) as progress:
         started = time.perf_counter()
         result = replay(
-            source, alloc, params=params, progress=progress, timeline_every=sample_every
+            source,
+            alloc,
+            params=params,
+            progress=progress,
+            timeline_every=sample_every,
+            digest=gating.wants_digest(gate, fmt),
         )
     verbosity.detail(
         f"{trace}: {result.counters['events']:,} events, content {result.trace_digest}; "
@@ -98,5 +104,5 @@ def command(
 
     doc = replay_document(result)
     checks = gating.check(gate, doc, [doc])
-    common.emit(Report("replay", doc, [result]), common.resolve_format(fmt))
+    common.emit(Report("replay", doc, [result]), fmt)
     gating.finish(gate, doc, checks, f"kvmcache replay {trace}")
