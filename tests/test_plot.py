@@ -357,3 +357,17 @@ def test_compare_png_has_latency_and_svg_is_reproducible(capsys, tmp_path, compa
     for p in (a, b):
         assert run(capsys, "plot", compare_file[0], "-o", str(p))[0] == 0
     assert a.read_bytes() == b.read_bytes()
+
+
+def test_html_report_timeline_and_axes_refused(capsys, tmp_path):
+    pytest.importorskip("matplotlib", reason="charts need the optional extra kvmcache[plot]")
+    _, _, tl = timeline(capsys, tmp_path, FAST, "dpamt-install")
+    out = tmp_path / "tl.html"
+    code, _, err = run(capsys, "plot", tl, "-o", str(out))
+    assert code == 0, err
+    parts = _html_parts(out.read_text())
+    assert parts["tags"]["table"] == 1 and parts["tags"]["svg"] == 1 and parts["external"] == []
+    assert parts["cells"].count("dpamt-install") == len(plots.TIMELINE_FIGURES)
+    code, _, err = run(capsys, "plot", tl, "-o", str(out), "--x", "pages_allocated")
+    assert code == 2
+    assert error_line(err) == "plot: --x and --y apply to sweep and compare inputs, not a timeline"

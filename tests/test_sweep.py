@@ -473,3 +473,31 @@ def test_table_and_atomic_output(capsys, tmp_path):
 def test_unknown_sort_exits_2(capsys):
     code, _, err = run(capsys, "sweep", RETRY, "--sort", "speed")
     assert code == 2 and "--sort 'speed'" in error_line(err)
+
+
+def test_sweep_cli_pareto_and_sort_by_a_time_figure(capsys):
+    code, out, err = run(
+        capsys, "sweep", RETRY, "--alloc", "dpamt-install", "--alloc", "dpamt-pair",
+        "--grid", "capacity=20,40", "--format", "json", "--jobs", "1",
+        "--sort", "-fault_latency_p99_ns",
+        "--pareto", "cache_pages_idle_peak", "--pareto", "fault_latency_p99_ns",
+    )  # fmt: skip
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["sort"] == "-fault_latency_p99_ns"
+    assert doc["pareto_objectives"] == ["cache_pages_idle_peak", "fault_latency_p99_ns"]
+    from kvmcache.results import latency_percentile_bound
+
+    p99 = [latency_percentile_bound(r["histograms"]["fault_latency"]) for r in doc["runs"]]
+    assert p99 == sorted(p99, reverse=True)
+    idle = [r["counters"]["cache_pages_idle_peak"] for r in doc["runs"]]
+    # the front of the two objectives, recomputed by hand
+    pts = list(zip(idle, p99, strict=True))
+    front = [not any(o != p and o[0] <= p[0] and o[1] <= p[1] for o in pts) for p in pts]
+    assert [r["pareto"] for r in doc["runs"]] == front
+    varying = doc["pareto_varying"][RETRY]
+    assert varying == [n for n, vals in (("cache_pages_idle_peak", idle),
+                                         ("fault_latency_p99_ns", p99)) if len(set(vals)) > 1]  # fmt: skip
+    assert all(r["trace"]["digest"] is None for r in doc["runs"])  # sweeps skip the digest
+    code, out, err = run(capsys, "sweep", RETRY, "--pareto", "latency")
+    assert code == 2 and error_line(err).startswith("--pareto 'latency': unknown counter")
