@@ -546,8 +546,10 @@ class Gate:
         rel = [lim for lim in parsed if lim.relative]
         if rel and not baseline_path:
             lim = rel[0]
+            where = f"{lim.alloc}:" if lim.alloc else ""
             raise KvmcacheError(
-                f"limit {lim.counter}=+{lim.text}% is relative to a baseline: pass --baseline FILE.json"
+                f"limit {where}{lim.counter}=+{lim.text}% is relative to a baseline: "
+                "pass --baseline FILE.json"
             )
         for option, path in (("save baseline", save_path), ("write --junit", junit_path)):
             if path:
