@@ -23,6 +23,7 @@ from kvmcache.report.plots import (
     latency_runs,
 )
 from kvmcache.results import VERDICTS, spinlock_problem
+from kvmcache.sim.counters import COUNTERS
 
 #: Rows of a compare report's key-figure table, after COMPARE_FIGURES.
 TIME_FIGURES: tuple[str, ...] = (
@@ -150,7 +151,8 @@ def _compare_body(data: PlotData) -> str:
                 "power-of-two bucket)",
             )
         )
-    names = sorted({k for r in data.runs for k in r.counters})
+    present = {k for r in data.runs for k in r.counters}
+    names = [c for c in COUNTERS if c in present] + sorted(present - set(COUNTERS))
     every = [(c, [c, *(f"#{_num(r.counters.get(c))}" for r in data.runs)]) for c in names]
     parts.append("<h2>Every counter</h2>\n")
     parts.append(_table("every counter per strategy", head, [("", cells) for _, cells in every]))
