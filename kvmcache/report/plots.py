@@ -675,12 +675,18 @@ def _latency(ax, data: PlotData) -> None:
 
 
 def _scatter(ax, data: PlotData) -> None:
-    """One point per run at (--x, --y), labelled with its strategy."""
+    """One point per run at (--x, --y), labelled with its strategy (runs that coincide
+    share one label)."""
     xn, yn = data.x or "", data.y or ""
+    texts: dict[tuple[int, int], list[str]] = {}
     for i, (r, label) in enumerate(zip(data.runs, _run_labels(data.runs), strict=True)):
         x, y = r.value(xn) or 0, r.value(yn) or 0
         ax.scatter([x], [y], s=40, color=f"C{i % 10}", zorder=2)
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        texts.setdefault((x, y), []).append(label)
+    for (x, y), labels in texts.items():
+        ax.annotate(" | ".join(labels), (x, y), textcoords="offset points", xytext=(4, 4),
+                    fontsize=8)  # fmt: skip
+    ax.ticklabel_format(axis="both", style="plain", useOffset=False)
     ax.set_xlabel(axis_title(xn))
     ax.set_ylabel(axis_title(yn))
     ax.grid(True, alpha=0.3)
@@ -692,10 +698,8 @@ def _compare_figure(Figure, data: PlotData, title: str | None):
     n = len(data.runs)
     with_latency = bool(latency_runs(data))
     rows = 2 if with_latency else 1
-    fig = Figure(
-        figsize=(max(9, 1.3 * len(COMPARE_FIGURES) * max(1, n) / 3), 5.2 * rows),
-        layout="constrained",
-    )
+    width = 10 if data.asked else max(9, 1.3 * len(COMPARE_FIGURES) * max(1, n) / 3)
+    fig = Figure(figsize=(width, 5.2 * rows), layout="constrained")
     axes = fig.subplots(rows, 1, squeeze=False).ravel()
     if data.asked:
         _scatter(axes[0], data)
