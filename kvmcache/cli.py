@@ -17,7 +17,7 @@ import threading
 
 import click
 
-from kvmcache import __version__
+from kvmcache import __version__, verbosity
 from kvmcache.errors import EXIT_INTERNAL, EXIT_USAGE, KvmcacheError
 from kvmcache.limits import one_line
 
@@ -35,6 +35,38 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _set_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        verbosity.set_level(verbosity.QUIET)
+
+
+def _set_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        verbosity.set_level(verbosity.VERBOSE)
+
+
+def verbosity_options() -> list[click.Option]:
+    """``-q/--quiet`` and ``-v/--verbose``, as the group and every command take them."""
+    return [
+        click.Option(
+            ["-q", "--quiet"],
+            is_flag=True,
+            expose_value=False,
+            is_eager=True,
+            callback=_set_quiet,
+            help="Print only errors and gate failures on standard error.",
+        ),
+        click.Option(
+            ["-v", "--verbose"],
+            is_flag=True,
+            expose_value=False,
+            is_eager=True,
+            callback=_set_verbose,
+            help="Print more details on standard error (timings, digests, passed gates).",
+        ),
+    ]
+
+
 class LazyGroup(click.Group):
     """A click group that imports a command's module only when the command is used."""
 
@@ -46,7 +78,11 @@ class LazyGroup(click.Group):
         if entry is None or not _module_exists(entry[0]):
             return None
         module = importlib.import_module(f"kvmcache.commands.{entry[0]}")
-        return module.command
+        command = module.command
+        names = {p.name for p in command.params}
+        if "quiet" not in names and "verbose" not in names:
+            command.params.extend(verbosity_options())
+        return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(n, COMMANDS[n][1]) for n in self.list_commands(ctx)]
@@ -60,7 +96,11 @@ def _module_exists(mod: str) -> bool:
     return os.path.exists(here)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    params=verbosity_options(),
+)
 @click.version_option(__version__, "--version", prog_name="kvmcache")
 def cli() -> None:
     """kvmcache: replay KVM guest-fault traces through a model of KVM's MMU memory
@@ -71,6 +111,11 @@ def cli() -> None:
       kvmcache replay trace.kvmt
       kvmcache compare trace.kvmt --alloc dpamt-pair
       kvmcache replay trace.kvmt --format json | jq .counters.alloc_under_lock
+
+    \b
+    -q/--quiet and -v/--verbose work on every command. NO_COLOR=1 turns off colour and
+    bold/italic. Shell completion: eval "$(_KVMCACHE_COMPLETE=bash_source kvmcache)"
+    (zsh_source, fish_source for those shells).
     """
 
 
@@ -97,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the group, print user errors once, map failures to exit codes."""
     if sys.stdout is None:
         sys.stdout = _ClosedStdout()
+    verbosity.set_level(verbosity.NORMAL)
     main_thread = threading.current_thread() is threading.main_thread()
     if main_thread and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminate)

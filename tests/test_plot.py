@@ -11,6 +11,7 @@ import pytest
 from clirun import error_line, run
 from conftest import GOLDEN_DIR
 
+from kvmcache.errors import KvmcacheError
 from kvmcache.report import documents, plots, sweepfmt
 from kvmcache.report.documents import replay_document
 from kvmcache.sim import sweep
@@ -228,3 +229,146 @@ def test_text_summary_sweep_and_timeline(capsys, tmp_path, sweep_files):
     code, out, err = run(capsys, "plot", tl, "--format", "table")
     assert code == 0, err
     assert "dpamt-install: 5 samples, events 2..9" in out
+
+
+# ------------------------------------------------------------------------ axes, latency, HTML
+
+
+def test_default_axes_vary_and_can_be_chosen(sweep_files):
+    j, c, res = sweep_files
+    data = plots.load([j])
+    plots.choose_axes(data)
+    assert data.x == "cache_pages_idle_peak"
+    # the first preferred y that differs between the points (a constant one is skipped)
+    ys = [r.value(data.y) for r in data.runs]
+    assert len(set(ys)) > 1 and data.y in plots.SWEEP_Y
+    for earlier in plots.SWEEP_Y[: plots.SWEEP_Y.index(data.y)]:
+        assert len({r.value(earlier) for r in data.runs}) == 1
+    plots.choose_axes(data, "pamt_lock_wait_ns", "fault_latency_p99_ns")
+    assert (data.x, data.y, data.asked) == ("pamt_lock_wait_ns", "fault_latency_p99_ns", True)
+    # a CSV has no histograms: no p99, said so
+    csv_data = plots.load([c])
+    with pytest.raises(KvmcacheError, match="has no fault_latency_p99_ns .no fault_latency"):
+        plots.choose_axes(csv_data, None, "fault_latency_p99_ns")
+    with pytest.raises(KvmcacheError, match="^--x 'idle': unknown counter"):
+        plots.choose_axes(csv_data, "idle", None)
+
+
+def test_p99_is_the_upper_bucket_bound(compare_file):
+    from kvmcache.results import latency_percentile_bound
+
+    _, runs = compare_file
+    for doc in runs:
+        h = doc["histograms"]["fault_latency"]
+        p99 = latency_percentile_bound(h)
+        b = next(i for i in range(32) if sum(h[: i + 1]) * 100 >= 99 * sum(h))
+        assert p99 == (128 if b == 0 else 1 << (b + 7))
+    h = [0] * 32
+    h[0], h[31] = 1, 99
+    assert latency_percentile_bound(h) == 1 << 38  # the open last bucket
+    assert latency_percentile_bound([0] * 32) == 0
+
+
+def test_plot_cli_axes_errors(capsys, tmp_path, sweep_files):
+    j, _, _ = sweep_files
+    code, _, err = run(capsys, "plot", j, "--format", "table", "--x", "nope")
+    assert code == 2 and error_line(err).startswith("--x 'nope': unknown counter; valid: events,")
+
+
+def _html_parts(text: str) -> dict:
+    from html.parser import HTMLParser
+
+    class Parser(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags: dict[str, int] = {}
+            self.external: list[str] = []
+            self.cells: list[str] = []
+            self._in_cell = False
+
+        def handle_starttag(self, tag, attrs):
+            self.tags[tag] = self.tags.get(tag, 0) + 1
+            self._in_cell = tag in ("td", "th")
+            for k, v in attrs:
+                if k in ("src", "href", "xlink:href") and v and not v.startswith("#"):
+                    self.external.append(v)
+
+        def handle_data(self, data):
+            if self._in_cell:
+                self.cells.append(data)
+
+        def handle_endtag(self, tag):
+            if tag in ("td", "th"):
+                self._in_cell = False
+
+    p = Parser()
+    p.feed(text)
+    p.close()
+    return {"tags": p.tags, "external": p.external, "cells": p.cells}
+
+
+def test_html_report_compare(capsys, tmp_path, compare_file):
+    pytest.importorskip("matplotlib", reason="charts need the optional extra kvmcache[plot]")
+    out = tmp_path / "report.html"
+    src = tmp_path / "gated.json"
+    code, stdout, err = run(
+        capsys, "compare", RETRY, "--format", "json", "--require", "spinlock-safe", "-q"
+    )
+    assert code == 3
+    src.write_text(stdout)
+    code, stdout, err = run(capsys, "plot", str(src), "-o", str(out))
+    assert (code, stdout, err) == (0, "", "")
+    page = out.read_text()
+    parts = _html_parts(page)
+    # key figures, gates, every counter; bars and the latency distribution, inline SVG
+    assert parts["tags"]["table"] == 3 and parts["tags"]["svg"] == 2
+    assert parts["tags"]["figure"] == 2 and "script" not in parts["tags"]
+    assert parts["external"] == []  # self-contained: nothing fetched
+    cells = parts["cells"]
+    assert "fault_latency_p99_ns" in cells and "spinlock-safe" in cells
+    assert "no: retries" in cells  # dpamt-install only retries on this trace
+    assert "dpamt-install not spinlock-safe: retries (alloc_under_lock 0, fault_retries 5)" in cells
+    doc = json.loads(src.read_text())
+    p99 = plots.Run("", "", {}, doc["runs"][0]["counters"], histograms=doc["runs"][0]["histograms"])
+    assert f"{p99.value('fault_latency_p99_ns'):,}" in cells
+
+
+def test_html_report_sweep(capsys, tmp_path, sweep_files):
+    pytest.importorskip("matplotlib", reason="charts need the optional extra kvmcache[plot]")
+    j, _, res = sweep_files
+    out = tmp_path / "sweep.html"
+    code, _, err = run(capsys, "plot", j, "-o", str(out), "--x", "pages_allocated")
+    assert code == 0, err
+    parts = _html_parts(out.read_text())
+    assert parts["tags"]["svg"] == 1 and parts["tags"]["table"] >= 1 and parts["external"] == []
+    cells = parts["cells"]
+    # one row per valid point, Pareto ones starred
+    assert cells.count("★") == sum(p.pareto for p in res.valid)
+    assert "pages_allocated" in cells and "capacity" in cells
+
+
+def test_compare_png_has_latency_and_svg_is_reproducible(capsys, tmp_path, compare_file):
+    pytest.importorskip("matplotlib", reason="charts need the optional extra kvmcache[plot]")
+    data = plots.load([compare_file[0]])
+    assert len(plots.latency_runs(data)) == 3
+    fig = plots.draw(data)
+    assert len(fig.axes) == 2  # the bars and the latency distribution
+    assert fig.axes[1].get_xscale() == "log"
+    a, b = tmp_path / "a.svg", tmp_path / "b.svg"
+    for p in (a, b):
+        assert run(capsys, "plot", compare_file[0], "-o", str(p))[0] == 0
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_html_report_timeline_and_axes_refused(capsys, tmp_path):
+    pytest.importorskip("matplotlib", reason="charts need the optional extra kvmcache[plot]")
+    _, _, tl = timeline(capsys, tmp_path, FAST, "dpamt-install")
+    out = tmp_path / "tl.html"
+    code, _, err = run(capsys, "plot", tl, "-o", str(out))
+    assert code == 0, err
+    parts = _html_parts(out.read_text())
+    assert parts["tags"]["table"] == 1 and parts["tags"]["svg"] == 1 and parts["external"] == []
+    assert parts["cells"].count("dpamt-install") == len(plots.TIMELINE_FIGURES)
+    code, _, err = run(capsys, "plot", tl, "-o", str(out), "--x", "pages_allocated")
+    assert code == 2
+    assert error_line(err) == "plot: --x and --y apply to sweep and compare inputs, not a timeline"

@@ -116,18 +116,29 @@ def test_pareto_flags_hand_made():
     assert sweep.pareto_flags([(3, 3, 3)]) == [True]
 
 
-def _fake(trace_index: int, idle: int, lock: int, retries: int, pages: int, ok: bool = True):
+def _fake(
+    trace_index: int,
+    idle: int,
+    lock: int,
+    retries: int,
+    pages: int,
+    ok: bool = True,
+    latency: int = 0,
+    hist: list[int] | None = None,
+):
     counters = dict.fromkeys(COUNTERS, 0)
     counters.update(
         cache_pages_idle_peak=idle,
         alloc_under_lock=lock,
         fault_retries=retries,
         pages_allocated=pages,
+        fault_latency_ns=latency,
     )
     p = sweep.PointResult(trace=f"t{trace_index}", alloc="dpamt-install", point={}, params={})
     p.trace_index = trace_index
     if ok:
-        p.result = type("R", (), {"counters": counters})()  # only counters are read
+        histograms = {"fault_latency": hist or [0] * 32}
+        p.result = type("R", (), {"counters": counters, "histograms": histograms})()
     else:
         p.error = "bad"
     return p
@@ -144,6 +155,48 @@ def test_mark_pareto_per_trace_among_valid():
     ]
     sweep.mark_pareto(pts)
     assert [p.pareto for p in pts] == [True, True, False, True, False, False]
+
+
+def test_time_objective_puts_a_trade_off_on_the_front():
+    # a capacity grid: more idle pages and pages allocated, less fault time
+    pts = [
+        _fake(0, 10, 0, 0, 100, latency=900),
+        _fake(0, 20, 0, 0, 110, latency=700),
+        _fake(0, 40, 0, 0, 120, latency=800),  # dominated by the second
+    ]
+    for i, p in enumerate(pts):
+        p.point_index = i
+    old = ("cache_pages_idle_peak", "alloc_under_lock + fault_retries", "pages_allocated")
+    sweep.mark_pareto(pts, old)
+    assert [p.pareto for p in pts] == [True, False, False]  # only the smallest point
+    sweep.mark_pareto(pts)  # the defaults add fault_latency_ns
+    assert sweep.PARETO_OBJECTIVES == (*old, "fault_latency_ns")
+    assert [p.pareto for p in pts] == [True, True, False]
+    assert sweep.varying_objectives(pts, sweep.PARETO_OBJECTIVES) == [
+        "cache_pages_idle_peak", "pages_allocated", "fault_latency_ns",
+    ]  # fmt: skip
+
+
+def test_p99_objective_and_sort():
+    h1, h2 = [0] * 32, [0] * 32
+    h1[3] = 100  # every fault in [512, 1024): p99 bound 1024
+    h2[2], h2[9] = 98, 2  # the 99th of 100 faults is in [32768, 65536): p99 bound 65536
+    a = _fake(0, 10, 0, 0, 100, hist=h2)
+    b = _fake(0, 20, 0, 0, 100, hist=h1)
+    b.point_index = 1
+    assert (
+        sweep.point_metric(a, "fault_latency_p99_ns"),
+        sweep.point_metric(b, "fault_latency_p99_ns"),
+    ) == (65536, 1024)
+    assert [p.point_index for p in sweep.rank([a, b], "fault_latency_p99_ns")] == [1, 0]
+    assert [p.point_index for p in sweep.rank([a, b], "-fault_latency_p99_ns")] == [0, 1]
+    sweep.mark_pareto(
+        [a, b], sweep.parse_objectives(["cache_pages_idle_peak", "fault_latency_p99_ns"])
+    )
+    assert (a.pareto, b.pareto) == (True, True)
+    assert sweep.parse_objectives([]) == sweep.PARETO_OBJECTIVES
+    with pytest.raises(KvmcacheError, match=r"^--pareto 'p99': unknown counter; valid: events, "):
+        sweep.parse_objectives(["p99"])
 
 
 # ------------------------------------------------------------------------ equal to replay
@@ -421,3 +474,31 @@ def test_table_and_atomic_output(capsys, tmp_path):
 def test_unknown_sort_exits_2(capsys):
     code, _, err = run(capsys, "sweep", RETRY, "--sort", "speed")
     assert code == 2 and "--sort 'speed'" in error_line(err)
+
+
+def test_sweep_cli_pareto_and_sort_by_a_time_figure(capsys):
+    code, out, err = run(
+        capsys, "sweep", RETRY, "--alloc", "dpamt-install", "--alloc", "dpamt-pair",
+        "--grid", "capacity=20,40", "--format", "json", "--jobs", "1",
+        "--sort", "-fault_latency_p99_ns",
+        "--pareto", "cache_pages_idle_peak", "--pareto", "fault_latency_p99_ns",
+    )  # fmt: skip
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["sort"] == "-fault_latency_p99_ns"
+    assert doc["pareto_objectives"] == ["cache_pages_idle_peak", "fault_latency_p99_ns"]
+    from kvmcache.results import latency_percentile_bound
+
+    p99 = [latency_percentile_bound(r["histograms"]["fault_latency"]) for r in doc["runs"]]
+    assert p99 == sorted(p99, reverse=True)
+    idle = [r["counters"]["cache_pages_idle_peak"] for r in doc["runs"]]
+    # the front of the two objectives, recomputed by hand
+    pts = list(zip(idle, p99, strict=True))
+    front = [not any(o != p and o[0] <= p[0] and o[1] <= p[1] for o in pts) for p in pts]
+    assert [r["pareto"] for r in doc["runs"]] == front
+    varying = doc["pareto_varying"][RETRY]
+    assert varying == [n for n, vals in (("cache_pages_idle_peak", idle),
+                                         ("fault_latency_p99_ns", p99)) if len(set(vals)) > 1]  # fmt: skip
+    assert all(r["trace"]["digest"] is None for r in doc["runs"])  # sweeps skip the digest
+    code, out, err = run(capsys, "sweep", RETRY, "--pareto", "latency")
+    assert code == 2 and error_line(err).startswith("--pareto 'latency': unknown counter")

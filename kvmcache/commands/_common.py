@@ -96,10 +96,11 @@ def progress_bar(
     second; the callback is called per chunk, so it costs nothing per event.
     """
     first_run_note()
-    if not enabled or not sys.stderr.isatty():
+    from kvmcache import verbosity
+
+    if not enabled or verbosity.is_quiet() or not sys.stderr.isatty():
         yield lambda done: None
         return
-    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -108,9 +109,11 @@ def progress_bar(
         TimeRemainingColumn,
     )
 
+    from kvmcache.report.formats import make_console
+
     start = time.monotonic()
     state: dict[str, object] = {"bar": None, "task": None}
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
 
     def update(done: int) -> None:
         if state["bar"] is None:

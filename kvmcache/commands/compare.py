@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import time
 
 import click
 
+from kvmcache import verbosity
 from kvmcache.commands import _common as common
 from kvmcache.commands import _gates as gating
 from kvmcache.report.formats import Report
@@ -70,6 +72,7 @@ def command(
     baseline_path: str | None,
     limits: tuple[str, ...],
     require: tuple[str, ...],
+    junit_path: str | None,
 ) -> None:
     """Replay a trace under several strategies, side by side.
 
@@ -83,9 +86,12 @@ def command(
     from kvmcache.sim.replay import all_strategies_for, replay_many, resolve_params
     from kvmcache.trace import open_trace
 
-    common.check_outputs({"--save-baseline": save_path}, [trace, config_path, baseline_path])
+    common.check_outputs(
+        {"--save-baseline": save_path, "--junit": junit_path}, [trace, config_path, baseline_path]
+    )
     config, overrides = common.load_inputs(config_path, sets)
-    gate = gating.build_gate(config, limits, require, baseline_path, save_path)
+    gate = gating.build_gate(config, limits, require, baseline_path, save_path, junit_path)
+    fmt = common.resolve_format(fmt)
     source = open_trace(trace, strict=strict)
     strategies, reference = choose_strategies(allocs, all_strategies_for(source.header))
     use_python((source.header.count or 0) * len(strategies))  # a tiny trace: no numba start-up
@@ -94,12 +100,24 @@ def command(
     if threads == 0:
         threads = min(len(strategies), os.cpu_count() or 1)
     with common.progress_bar(source.header.count, not no_progress, label="compare") as progress:
-        results = replay_many(source, strategies, params=params, progress=progress, threads=threads)
+        started = time.perf_counter()
+        results = replay_many(
+            source,
+            strategies,
+            params=params,
+            progress=progress,
+            threads=threads,
+            digest=gating.wants_digest(gate, fmt),
+        )
+    verbosity.detail(
+        f"{trace}: {results[0].counters['events']:,} events, content {results[0].trace_digest}; "
+        f"replayed in {time.perf_counter() - started:.2f} s"
+    )
 
     from kvmcache.report.documents import compare_document
 
     doc = compare_document(results, reference)
-    gate.check_after(doc["runs"])
+    checks = gating.check(gate, doc, doc["runs"])
     report = Report("compare", doc, results, reference=reference, all_counters=all_counters)
-    common.emit(report, common.resolve_format(fmt))
-    gating.finish(gate, doc, doc["runs"])
+    common.emit(report, fmt)
+    gating.finish(gate, doc, checks, f"kvmcache compare {trace}")

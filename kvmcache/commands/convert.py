@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from kvmcache import verbosity
 from kvmcache.trace.convert import convert
 
 
@@ -23,4 +24,4 @@ def command(src: str, dst: str, force: bool, strict: bool) -> None:
     OUT is YAML when it ends in .yaml or .yml, binary otherwise. A YAML `params` block
     goes to the sidecar OUT.params.yaml next to a binary OUT, and back again.
     """
-    click.echo(f"kvmcache: {convert(src, dst, force=force, strict=strict)}", err=True)
+    verbosity.note(convert(src, dst, force=force, strict=strict))

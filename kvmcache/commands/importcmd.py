@@ -8,6 +8,7 @@ import sys
 import click
 import yaml
 
+from kvmcache import verbosity
 from kvmcache.errors import KvmcacheError
 from kvmcache.importers.mapping import PFN_MAPS, ImportOptions, ImportStats
 from kvmcache.importers.sources import import_paths
@@ -156,4 +157,5 @@ def command(
         f"{header.root_level}, gfn_limit 0x{header.gfn_limit:x}, "
         f"host_pfn_limit 0x{header.host_pfn_limit:x}"
     )
-    print(summary(stats, line), file=sys.stderr)
+    if not verbosity.is_quiet():
+        print(summary(stats, line), file=sys.stderr)

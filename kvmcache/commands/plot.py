@@ -20,7 +20,8 @@ _FORMATS = ("png", "svg", "html", "table")
     "-o",
     "--output",
     type=click.Path(dir_okay=False),
-    help="Chart file: .png, .svg or .html (an HTML page embedding the SVG); written atomically.",
+    help="Chart file: .png, .svg, or .html (a self-contained report: the tables and the "
+    "charts); written atomically.",
 )
 @click.option(
     "--format",
@@ -31,8 +32,30 @@ _FORMATS = ("png", "svg", "html", "table")
     "sparklines and needs no matplotlib.",
 )
 @click.option("--title", default=None, help="Chart title (default: from the inputs).")
+@click.option(
+    "--x",
+    "x",
+    metavar="COUNTER",
+    default=None,
+    help="Horizontal axis of a sweep or compare chart: any counter (Time counters too) or "
+    "fault_latency_p99_ns, fault_latency_mean_ns, 'alloc_under_lock + fault_retries' "
+    "(default: the first that varies of cache_pages_idle_peak, pages_allocated, ...).",
+)
+@click.option(
+    "--y",
+    "y",
+    metavar="COUNTER",
+    default=None,
+    help="Vertical axis, as --x (default: the first that varies of fault_latency_p99_ns, "
+    "fault_latency_ns, time_locked_max_ns, ...).",
+)
 def command(
-    inputs: tuple[str, ...], output: str | None, fmt: str | None, title: str | None
+    inputs: tuple[str, ...],
+    output: str | None,
+    fmt: str | None,
+    title: str | None,
+    x: str | None,
+    y: str | None,
 ) -> None:
     """Chart a timeline, sweep or compare result.
 
@@ -42,9 +65,12 @@ def command(
 
     \b
     Timeline: one panel per figure over events, one line per strategy.
-    Sweep:    idle cache pages at peak vs allocations under lock + retries,
-              one panel per strategy, the Pareto front marked.
-    Compare:  grouped bars of key figures per strategy, normalised per figure.
+    Sweep:    --x against --y (default idle cache pages at peak vs fault latency
+              p99, a bucket bound), one panel per strategy, every point labelled
+              with its grid values, the Pareto front marked.
+    Compare:  grouped bars of key figures per strategy (or --x against --y), and
+              the fault-latency distribution per strategy on log-scale buckets.
+    HTML:     a report with the tables and every chart, viewable offline.
     Needs matplotlib (pip install 'kvmcache[plot]') except with --format table.
     """
     from kvmcache.report import plots
@@ -69,6 +95,7 @@ def command(
     if fmt != "table":
         plots.require_matplotlib()  # fail before reading large inputs
     data = plots.load(list(inputs))
+    plots.choose_axes(data, x, y)
     if fmt == "table":
         text = plots.text_summary(data)
         if output:

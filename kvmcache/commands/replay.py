@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import click
 
+from kvmcache import verbosity
 from kvmcache.commands import _common as common
 from kvmcache.commands import _gates as gating
 from kvmcache.report.formats import Report
@@ -51,6 +54,7 @@ def command(
     baseline_path: str | None,
     limits: tuple[str, ...],
     require: tuple[str, ...],
+    junit_path: str | None,
 ) -> None:
     """Replay a trace through the model under one allocation strategy.
 
@@ -64,11 +68,12 @@ def command(
     from kvmcache.trace import open_trace
 
     common.check_outputs(
-        {"--timeline": timeline_path, "--save-baseline": save_path},
+        {"--timeline": timeline_path, "--save-baseline": save_path, "--junit": junit_path},
         [trace, config_path, baseline_path],
     )
     config, overrides = common.load_inputs(config_path, sets)
-    gate = gating.build_gate(config, limits, require, baseline_path, save_path)
+    gate = gating.build_gate(config, limits, require, baseline_path, save_path, junit_path)
+    fmt = common.resolve_format(fmt)
     source = open_trace(trace, strict=strict)
     use_python(source.header.count or 0)  # a tiny trace: no numba start-up
     params = resolve_params(source.header, config.params, overrides)
@@ -79,9 +84,19 @@ def command(
 
         sample_every = every or default_every(source.header.count)
     with common.progress_bar(source.header.count, not no_progress) as progress:
+        started = time.perf_counter()
         result = replay(
-            source, alloc, params=params, progress=progress, timeline_every=sample_every
+            source,
+            alloc,
+            params=params,
+            progress=progress,
+            timeline_every=sample_every,
+            digest=gating.wants_digest(gate, fmt),
         )
+    verbosity.detail(
+        f"{trace}: {result.counters['events']:,} events, content {result.trace_digest}; "
+        f"replayed in {time.perf_counter() - started:.2f} s"
+    )
     if timeline_path:
         from kvmcache.report.timeline import write_timeline
 
@@ -89,6 +104,6 @@ def command(
     from kvmcache.report.documents import replay_document
 
     doc = replay_document(result)
-    gate.check_after([doc])
-    common.emit(Report("replay", doc, [result]), common.resolve_format(fmt))
-    gating.finish(gate, doc, [doc])
+    checks = gating.check(gate, doc, [doc])
+    common.emit(Report("replay", doc, [result]), fmt)
+    gating.finish(gate, doc, checks, f"kvmcache replay {trace}")

@@ -17,10 +17,11 @@ from kvmcache.report.formats import Report, format_for
 @contextmanager
 def points_progress(enabled: bool) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
     """(on_start(total), on_done(n)) driving a points-done bar with an ETA on stderr (TTY only)."""
-    if not enabled or not sys.stderr.isatty():
+    from kvmcache import verbosity
+
+    if not enabled or verbosity.is_quiet() or not sys.stderr.isatty():
         yield (lambda total: None), (lambda n: None)
         return
-    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -30,6 +31,8 @@ def points_progress(enabled: bool) -> Iterator[tuple[Callable[[int], None], Call
         TimeRemainingColumn,
     )
 
+    from kvmcache.report.formats import make_console
+
     bar = Progress(
         TextColumn("[cyan]sweep"),
         BarColumn(),
@@ -38,7 +41,7 @@ def points_progress(enabled: bool) -> Iterator[tuple[Callable[[int], None], Call
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
+        console=make_console(stderr=True),
         transient=True,
         refresh_per_second=10,
     )
@@ -106,7 +109,17 @@ def points_progress(enabled: bool) -> Iterator[tuple[Callable[[int], None], Call
     default="cache_pages_idle_peak",
     show_default=True,
     metavar="COUNTER",
-    help="Rank points by this counter (ascending; -COUNTER for descending; names in docs/figures.md).",
+    help="Rank points by this counter (ascending; -COUNTER for descending): any counter, "
+    "including the Time counters, or fault_latency_p99_ns / fault_latency_mean_ns (docs/figures.md).",
+)
+@click.option(
+    "--pareto",
+    "pareto",
+    multiple=True,
+    metavar="OBJECTIVE",
+    help="A Pareto objective (minimised); repeatable; replaces the default set "
+    "(cache_pages_idle_peak, alloc_under_lock + fault_retries, pages_allocated, "
+    "fault_latency_ns). Any counter or fault_latency_p99_ns, fault_latency_mean_ns.",
 )
 @common.format_option
 @click.option(
@@ -130,6 +143,7 @@ def command(
     scheduler: str | None,
     scheduler_timeout: float | None,
     sort_by: str,
+    pareto: tuple[str, ...],
     fmt: str | None,
     output: str | None,
     strict: bool,
@@ -141,9 +155,11 @@ def command(
 
     Parameters merge as defaults < trace params < --config < --set < grid point. A point
     with invalid parameters is reported (invalid, with the reason), not fatal; the sweep
-    fails (exit 2) only when every point is invalid. The Pareto front of each trace
-    (idle cache pages at peak, allocations under lock + retries, pages allocated; all
-    minimised) is marked among its valid points.
+    fails (exit 2) only when every point is invalid. The Pareto front of each trace is
+    marked among its valid points: by default it minimises idle cache pages at peak,
+    allocations under lock + retries, pages allocated and fault_latency_ns (the time
+    objective); --pareto chooses the objectives, e.g. --pareto cache_pages_idle_peak
+    --pareto fault_latency_p99_ns.
     """
     from kvmcache.sim import sweep as sweep_mod
 
@@ -160,6 +176,7 @@ def command(
     if scheduler:
         sweep_mod.import_dask()  # fail early, before any trace is read
     sweep_mod.sort_key(sort_by)
+    objectives = sweep_mod.parse_objectives(pareto)
     grid = sweep_mod.parse_grid(grids)
     config, overrides = common.load_inputs(config_path, sets)
     if fmt is None and output:
@@ -180,6 +197,7 @@ def command(
             scheduler_timeout=timeout,
             on_start=on_start,
             on_done=on_done,
+            objectives=objectives,
         )
     if not result.valid:
         first = result.invalid[0]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import click
 
+from kvmcache import verbosity
 from kvmcache.errors import KvmcacheError
 from kvmcache.synth import scenarios as sc
 
@@ -165,8 +165,6 @@ def command(
     size = os.path.getsize(out)
     size_text = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
     speed = f", {n / elapsed / 1e6:.1f} M events/s" if elapsed > 0.1 else ""
-    print(
-        f"kvmcache: wrote {n:,} events ({scenario}, {vm}) to {out}: {size_text} "
-        f"in {elapsed:.2f} s{speed}",
-        file=sys.stderr,
+    verbosity.note(
+        f"wrote {n:,} events ({scenario}, {vm}) to {out}: {size_text} in {elapsed:.2f} s{speed}"
     )

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 
 import click
+
+from kvmcache import verbosity
 
 
 @click.command("warmup")
@@ -59,4 +60,4 @@ def command() -> None:
         )
     )
     Importer().feed_stream(io.BytesIO(text), "warmup", fast=True)
-    print(f"kvmcache: jitted code compiled in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    verbosity.note(f"jitted code compiled in {time.perf_counter() - t0:.1f} s")

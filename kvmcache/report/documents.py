@@ -57,6 +57,7 @@ def trace_info(result: ReplayResult) -> dict[str, Any]:
         "host_pfn_limit": h.host_pfn_limit,
         "ts_first": result.ts_first,
         "ts_last": result.ts_last,
+        "digest": result.trace_digest,
     }
 
 
@@ -104,7 +105,7 @@ def compare_document(results: Sequence[ReplayResult], reference: str) -> dict[st
 
 def sweep_document(sweep: SweepResult, by: str = "cache_pages_idle_peak") -> dict[str, Any]:
     """The ``kvmcache.sweep/1`` document: runs ranked by ``by``, then the invalid points."""
-    from kvmcache.sim.sweep import PARETO_OBJECTIVES, rank
+    from kvmcache.sim.sweep import rank, varying_objectives
 
     runs = []
     invalid = []
@@ -124,7 +125,11 @@ def sweep_document(sweep: SweepResult, by: str = "cache_pages_idle_peak") -> dic
         "traces": list(sweep.traces),
         "allocs": {t: list(a) for t, a in sweep.allocs.items()},
         "sort": by,
-        "pareto_objectives": list(PARETO_OBJECTIVES),
+        "pareto_objectives": list(sweep.objectives),
+        "pareto_varying": {
+            t: varying_objectives([p for p in sweep.points if p.trace == t], sweep.objectives)
+            for t in sweep.traces
+        },
         "runs": runs,
         "invalid": invalid,
     }

@@ -52,14 +52,30 @@ class OutputFormat:
     render: Render
 
 
-def out_console() -> Console:
-    """A rich console for a report on standard output."""
+def no_color() -> bool:
+    """NO_COLOR set to anything but the empty string (https://no-color.org)."""
+    return bool(os.environ.get("NO_COLOR"))
+
+
+def console_options() -> dict[str, Any]:
+    """Options every rich console of kvmcache takes: with NO_COLOR, no ANSI styling at all
+    (rich alone would drop colours but keep bold, italic and underline)."""
+    return {"color_system": None} if no_color() else {}
+
+
+def make_console(**kwargs: Any) -> Console:
+    """A rich console honouring :func:`console_options` (progress bars, tables)."""
     from rich.console import Console
 
+    return Console(**{**kwargs, **console_options()})
+
+
+def out_console() -> Console:
+    """A rich console for a report on standard output."""
     if not sys.stdout.isatty() and not os.environ.get("COLUMNS"):
-        console = Console(width=PIPE_WIDTH)
+        console = make_console(width=PIPE_WIDTH)
     else:
-        console = Console()
+        console = make_console()
     console.on_broken_pipe = _broken_pipe  # rich would exit 1 itself
     return console
 

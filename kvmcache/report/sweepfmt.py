@@ -20,7 +20,7 @@ from kvmcache.report.figures import DOC, FIGURES, fmt_value, ordered
 from kvmcache.report.units import compact, duration
 from kvmcache.results import VERDICTS
 from kvmcache.sim.counters import COUNTERS
-from kvmcache.sim.sweep import PARETO_OBJECTIVES, PointResult, SweepResult, rank, sort_key
+from kvmcache.sim.sweep import PointResult, SweepResult, point_metric, rank, sort_key
 
 #: Counters the table shows for every point (the sort counter is added when it is another).
 KEY_COUNTERS: tuple[str, ...] = (
@@ -63,6 +63,10 @@ def render_csv(sweep: SweepResult, by: str = "cache_pages_idle_peak") -> str:
         else:
             w.writerow(_invalid_row(p))
     return out.getvalue()
+
+
+def _metric_text(v: int | None) -> str:
+    return "-" if v is None else f"{v:,}"
 
 
 def _short(path: str, others: list[str]) -> str:
@@ -120,8 +124,9 @@ def shown_counters(counter: str) -> list[str]:
 
 
 def _metric(p: PointResult, name: str) -> int | None:
-    """The value a column shows for a valid point (None: not available)."""
-    return p.counters.get(name)
+    """The value a column shows for a valid point (None: not available), derived figures
+    (fault_latency_p99_ns, ...) included."""
+    return point_metric(p, name)
 
 
 def _unit(name: str) -> str:
@@ -205,7 +210,7 @@ def render_table(sweep: SweepResult, console: Console, by: str = "cache_pages_id
     console.print(t)
     lines = [
         f"sorted by {counter} ({'descending' if desc else 'ascending'}); Pareto front per trace "
-        f"among valid points, minimising {', '.join(PARETO_OBJECTIVES)}",
+        f"among valid points, minimising {', '.join(sweep.objectives)}",
         f"columns are counter names (what --sort and --limit take), defined in {DOC}",
     ]
     if layout.abbreviate:

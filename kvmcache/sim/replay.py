@@ -193,7 +193,7 @@ class _Run:
 
 
 def _validated_chunks(
-    chunks: Iterable[np.ndarray], validator, depth: int = 1
+    chunks: Iterable[np.ndarray], validator, depth: int = 1, digest=None
 ) -> Iterator[np.ndarray]:
     """The chunks in order, read and validated on a background thread ``depth`` ahead.
 
@@ -201,6 +201,9 @@ def _validated_chunks(
     replaying this one. An error (bad input, unreadable file) is raised here when the
     consumer reaches the chunk it belongs to, so earlier chunks are replayed first, as
     without the thread. At most ``depth + 1`` chunks are alive: memory stays constant.
+    ``digest`` (a :class:`~kvmcache.trace.digest.TraceDigest`) is updated with each chunk
+    on the same thread, right after handing it over, so the hash of a chunk overlaps with
+    the kernel's pass over it; the consumer sees the end only after the last update.
     """
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -223,6 +226,8 @@ def _validated_chunks(
                     validator.check(chunk, base)
                 if not put((chunk, None)):
                     return
+                if digest is not None:  # while the kernel runs this chunk (read-only)
+                    digest.update(chunk)
                 base += len(chunk)
         except BaseException as e:  # handed to the consumer, raised there
             put((None, e))
@@ -255,12 +260,15 @@ def replay_many(
     progress: Progress | None = None,
     timeline_every: int = 0,
     threads: int = 0,
+    digest: bool = True,
 ) -> list[ReplayResult]:
     """Replay one trace under several strategies in one pass over its events.
 
     Each chunk is read (and validated) once and then run through one kernel state per
     strategy; with ``threads`` > 1 the strategies of a chunk run in parallel threads
-    (the kernel releases the GIL).
+    (the kernel releases the GIL). Each result carries the trace's content digest
+    (:mod:`kvmcache.trace.digest`), computed on the reader thread as the chunks stream by,
+    unless ``digest`` is False (a sweep replays one trace many times and needs none).
     """
     header = source.header
     merged = dict(params) if params is not None else resolve_params(header, config, overrides)
@@ -270,11 +278,14 @@ def replay_many(
         from kvmcache.trace.validate import Validator
 
         validator = Validator(header)
+    from kvmcache.trace.digest import TraceDigest
+
+    hasher = TraceDigest(header) if digest else None
     pool = ThreadPoolExecutor(threads) if threads > 1 and len(runs) > 1 else None
     base = 0
     ts_first = ts_last = None
     try:
-        for chunk in _validated_chunks(source.chunks(), validator):
+        for chunk in _validated_chunks(source.chunks(), validator, digest=hasher):
             if len(chunk):
                 if ts_first is None:
                     ts_first = int(chunk["ts"][0])
@@ -293,8 +304,10 @@ def replay_many(
         if pool is not None:
             pool.shutdown()
     results = [r.finish() for r in runs]
+    trace_digest = hasher.hexdigest() if hasher is not None else None
     for res in results:
         res.ts_first, res.ts_last = ts_first, ts_last
+        res.trace_digest = trace_digest
     return results
 
 

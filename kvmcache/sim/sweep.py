@@ -22,20 +22,29 @@ from typing import Any
 from kvmcache import params as params_mod
 from kvmcache.errors import EXIT_USAGE, KvmcacheError
 from kvmcache.limits import SCHEDULER_TIMEOUT, excerpt
-from kvmcache.results import VERDICTS, ReplayResult, spinlock_cost
-from kvmcache.sim.counters import COUNTERS
+from kvmcache.results import (
+    SPINLOCK_COST,
+    ReplayResult,
+    metric_names,
+    metric_value,
+)
 
 Value = int | bool
 Point = dict[str, Value]
 #: Called with the number of points (trace x strategy x grid point) just finished.
 OnDone = Callable[[int], None]
 
-#: The Pareto objectives, all minimised: idle cache pages at peak, allocations under
-#: mmu_lock plus fault retries (the spinlock cost), pages allocated.
+#: The default Pareto objectives, all minimised: idle cache pages at peak, allocations
+#: under mmu_lock plus fault retries (the spinlock cost), pages allocated, and the time
+#: faults took (fault_latency_ns, MODEL.md section 8: the sum, so the mean over one trace's
+#: faults). Memory grows with cache capacity while fault time falls, so the time objective is
+#: what gives a capacity grid a front of more than its smallest point. ``sweep --pareto``
+#: chooses others (any counter or derived metric, e.g. fault_latency_p99_ns).
 PARETO_OBJECTIVES: tuple[str, ...] = (
     "cache_pages_idle_peak",
-    " + ".join(VERDICTS["spinlock_safe"]),
+    SPINLOCK_COST,
     "pages_allocated",
+    "fault_latency_ns",
 )
 MAX_AXIS_VALUES = 10_000
 MAX_POINTS = 1_000_000
@@ -162,6 +171,7 @@ class SweepResult:
     allocs: dict[str, list[str]]  # trace -> strategies run on it
     grid: dict[str, list[Value]]
     points: list[PointResult] = field(default_factory=list)
+    objectives: tuple[str, ...] = PARETO_OBJECTIVES  # what the Pareto front minimises
 
     @property
     def valid(self) -> list[PointResult]:
@@ -175,13 +185,47 @@ class SweepResult:
 # --------------------------------------------------------------------------- Pareto
 
 
-def objectives(counters: Mapping[str, int]) -> tuple[int, int, int]:
-    """The three minimised figures of :data:`PARETO_OBJECTIVES`."""
-    return (
-        counters["cache_pages_idle_peak"],
-        spinlock_cost(counters),
-        counters["pages_allocated"],
+def point_metric(p: PointResult, name: str) -> int | None:
+    """A counter or derived metric (:func:`~kvmcache.results.metric_value`) of a valid point."""
+    if p.result is None:
+        return None
+    return metric_value(name, p.result.counters, p.result.histograms)
+
+
+def objectives(p: PointResult, names: Sequence[str] = PARETO_OBJECTIVES) -> tuple[int, ...]:
+    """The minimised figures of one valid point (a missing one counts as 0)."""
+    return tuple(point_metric(p, n) or 0 for n in names)
+
+
+def check_metric(name: str, option: str) -> str:
+    """A sort key, objective or axis name: a counter or derived metric, else a usage error
+    listing them all."""
+    import difflib
+
+    names = metric_names()
+    if name in names:
+        return name
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    raise KvmcacheError(
+        f"{option} {name!r}: unknown counter{hint}; valid: {', '.join(repr(n) if ' ' in n else n for n in names)}"
     )
+
+
+def parse_objectives(names: Sequence[str]) -> tuple[str, ...]:
+    """``--pareto`` names (each a counter or derived metric, once), or the defaults."""
+    out: list[str] = []
+    for n in names:
+        n = check_metric(n.strip(), "--pareto")
+        if n not in out:
+            out.append(n)
+    return tuple(out) or PARETO_OBJECTIVES
+
+
+def varying_objectives(points: Sequence[PointResult], names: Sequence[str]) -> list[str]:
+    """The objectives whose value differs between the valid points given (one trace's):
+    an objective constant over the grid does not change the front."""
+    return [n for n in names if len({point_metric(p, n) for p in points if p.valid}) > 1]
 
 
 def pareto_flags(vectors: Sequence[Sequence[int]]) -> list[bool]:
@@ -203,38 +247,38 @@ def pareto_flags(vectors: Sequence[Sequence[int]]) -> list[bool]:
     return flags
 
 
-def mark_pareto(points: Sequence[PointResult]) -> None:
-    """Set ``pareto`` on every point: the front of each trace among its valid points."""
+def mark_pareto(points: Sequence[PointResult], names: Sequence[str] = PARETO_OBJECTIVES) -> None:
+    """Set ``pareto`` on every point: the front of each trace among its valid points,
+    minimising the objectives ``names``."""
     by_trace: dict[int, list[PointResult]] = {}
     for p in points:
         p.pareto = False
         if p.valid:
             by_trace.setdefault(p.trace_index, []).append(p)
     for group in by_trace.values():
-        flags = pareto_flags([objectives(p.counters) for p in group])
+        flags = pareto_flags([objectives(p, names) for p in group])
         for p, flag in zip(group, flags, strict=True):
             p.pareto = flag
 
 
 def sort_key(name: str) -> tuple[str, bool]:
-    """``--sort COUNTER`` (ascending) or ``-COUNTER`` (descending): (counter, descending)."""
+    """``--sort COUNTER`` (ascending) or ``-COUNTER`` (descending): (name, descending).
+    Any counter or derived metric (fault_latency_p99_ns, ...) is accepted."""
     desc = name.startswith("-")
     counter = name[1:] if desc else name
-    if counter not in COUNTERS:
-        raise KvmcacheError(
-            f"--sort {name!r}: unknown counter (any MODEL.md section 6 name, "
-            "e.g. cache_pages_idle_peak, pages_allocated, alloc_under_lock)"
-        )
-    return counter, desc
+    return check_metric(counter, "--sort"), desc
 
 
 def rank(points: Iterable[PointResult], by: str = "cache_pages_idle_peak") -> list[PointResult]:
-    """Valid points ordered by a counter (ties in canonical order), invalid ones last."""
+    """Valid points ordered by a counter or derived metric (ties in canonical order; a point
+    without the figure after those with it), invalid ones last."""
     counter, desc = sort_key(by)
     pts = sorted(points, key=lambda p: p.order)
     valid = [p for p in pts if p.valid]
-    valid.sort(key=lambda p: p.counters[counter], reverse=desc)
-    return valid + [p for p in pts if not p.valid]
+    known = [p for p in valid if point_metric(p, counter) is not None]
+    unknown = [p for p in valid if point_metric(p, counter) is None]
+    known.sort(key=lambda p: point_metric(p, counter) or 0, reverse=desc)
+    return known + unknown + [p for p in pts if not p.valid]
 
 
 # --------------------------------------------------------------------------- one unit
@@ -321,7 +365,7 @@ def run_unit(unit: Unit, cancel: threading.Event | None = None) -> list[PointRes
         trace_params = params_mod.parse_mapping(source.header.params or {}, unit.display)
         merged = {**params_mod.DEFAULTS, **trace_params, **layers}
         params = resolve_params(source.header, unit.config, {**unit.overrides, **unit.point})
-        res = replay_many(source, list(unit.allocs), params=params, progress=check)
+        res = replay_many(source, list(unit.allocs), params=params, progress=check, digest=False)
     except KvmcacheError as e:
         if e.exit_code != EXIT_USAGE:  # not about this point (a stale JIT cache, ...)
             raise UnitFailed(e.message, e.exit_code) from None
@@ -518,13 +562,15 @@ def run_sweep(
     scheduler_timeout: float = SCHEDULER_TIMEOUT,
     on_start: Callable[[int], None] | None = None,
     on_done: OnDone | None = None,
+    objectives: Sequence[str] = PARETO_OBJECTIVES,
 ) -> SweepResult:
     """Replay every (trace, strategy, grid point) and mark each trace's Pareto front.
 
     ``allocs`` None means every strategy meaningful for each trace (all five on tdx, none
     on vmx). ``jobs`` > 1 uses that many threads; ``scheduler`` a Dask cluster. Each trace is
     opened here first, so an unreadable trace fails the whole sweep at once (exit 2).
-    ``on_start`` receives the number of points before any runs.
+    ``on_start`` receives the number of points before any runs. ``objectives`` are what
+    the Pareto front minimises (counters or derived metrics).
     """
     from kvmcache.sim.replay import all_strategies_for
     from kvmcache.trace import detect_format, open_trace
@@ -557,10 +603,12 @@ def run_sweep(
     else:
         out = run_local(units, on_done)
     out.sort(key=lambda p: p.order)
-    mark_pareto(out)
+    names = tuple(objectives) or PARETO_OBJECTIVES
+    mark_pareto(out, names)
     return SweepResult(
         traces=list(traces),
         allocs=per_trace,
         grid={k: list(v) for k, v in grid.items()},
         points=out,
+        objectives=names,
     )

@@ -11,6 +11,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from kvmcache import verbosity
 from kvmcache.atomic import open_output, unlink_quietly
 from kvmcache.errors import KvmcacheError
 from kvmcache.limits import MAX_CHUNK_BYTES, MAX_HEADER_SIZE, MAX_RECORD_SIZE
@@ -37,7 +38,7 @@ Warn = Callable[[str], None]
 
 
 def stderr_warn(msg: str) -> None:
-    print(f"kvmcache: warning: {msg}", file=sys.stderr)
+    verbosity.note(f"warning: {msg}")
 
 
 def pack_header(h: TraceHeader, count: int = 0, complete: bool = False) -> bytes:
