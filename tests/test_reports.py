@@ -433,3 +433,20 @@ def test_first_run_note_on_a_terminal_only(monkeypatch):
     monkeypatch.setattr("sys.stderr", pipe)
     _common.first_run_note()
     assert pipe.getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    "scenario,alloc,words",
+    [
+        ("07-pamt-pairs-1-retry", "dpamt-install", "NOT spinlock-safe: retries (0 allocations"),
+        ("06-tight-cache-alloc-under-lock", "none", "NOT spinlock-safe: allocates under mmu_lock"),
+        ("01-first-private-4k", "dpamt-install", "spinlock-safe (no allocation under mmu_lock"),
+    ],
+)
+def test_verdict_names_retries_and_allocations_apart(scenario, alloc, words):
+    """Retries and allocations under mmu_lock are two verdicts: the table says which."""
+    from kvmcache.report.table import verdict_text
+
+    path = Path(__file__).parent / "golden" / f"{scenario}.yaml"
+    (result,) = replay_many(open_trace(str(path)), [alloc])
+    assert words in verdict_text(result).plain

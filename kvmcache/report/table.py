@@ -26,7 +26,7 @@ from kvmcache.report.units import (
     page_seconds,
     pages_bytes,
 )
-from kvmcache.results import ReplayResult
+from kvmcache.results import ReplayResult, spinlock_problem
 from kvmcache.sim.counters import CACHES
 
 __all__ = [
@@ -59,7 +59,9 @@ def verdict_text(result: ReplayResult) -> Text:
         t.append("spinlock-safe", style="bold green")
         t.append(" (no allocation under mmu_lock, no fault retries)")
     else:
-        t.append("NOT spinlock-safe", style="bold red")
+        # Two different verdicts: a page allocated inside the locked section, or a fault
+        # that dropped the lock to retry (which allocates nothing under it).
+        t.append(f"NOT spinlock-safe: {spinlock_problem(c)}", style="bold red")
         t.append(
             f" ({fmt_int(c['alloc_under_lock'])} allocations under mmu_lock, "
             f"{fmt_int(c['fault_retries'])} fault retries)"
