@@ -41,6 +41,7 @@ from kvmcache.trace.events import (
     OP_VCPU_CREATE,
     OP_VCPU_DESTROY,
     OP_VM_CREATE,
+    OP_VM_DESTROY,
 )
 
 #: Every kernel function: cached on disk, GIL released, and compiled without numba's
@@ -1419,6 +1420,36 @@ def records_u64(chunk: np.ndarray) -> np.ndarray:
     """A chunk of EVENT_DTYPE records as the flat little-endian u64 words run_chunk reads
     (a view when the chunk is contiguous)."""
     return np.ascontiguousarray(chunk).view("<u8")
+
+
+@njit(**JIT)
+def chunk_valid(rec: np.ndarray, gfn_limit: np.uint64, pfn_limit: np.uint64, tdx: bool) -> bool:
+    """Whether every record of a chunk (``records_u64``) passes the event rules of the trace
+    format (trace/validate.py), with no event after a vm_destroy inside the chunk: one
+    compiled pass instead of numpy's twenty. False only says "look closer": the numpy
+    validator then finds the first bad event and words the message."""
+    n = rec.shape[0] >> 2
+    for i in range(n):
+        w3 = rec[4 * i + 3]
+        o = (w3 >> SH32) & M8
+        if o < OP_VM_CREATE or o > OP_SPLIT or (w3 >> SH48) > U64_ONE:
+            return False
+        if o == OP_FAULT or o == OP_UNMAP:
+            lv = (w3 >> SH40) & M8
+            if lv < 1 or lv > 3:
+                return False
+        if o == OP_FAULT or o == OP_VCPU_CREATE or o == OP_VCPU_DESTROY:
+            if (w3 & M32) >= MAX_VCPUS_U:
+                return False
+        if o == OP_FAULT or o == OP_UNMAP or o == OP_SPLIT:
+            if rec[4 * i + 1] >= gfn_limit:
+                return False
+        if o == OP_FAULT:
+            if rec[4 * i + 2] >= pfn_limit or (not tdx and (w3 >> SH48) != U64_ZERO):
+                return False
+        if o == OP_VM_DESTROY and i + 1 < n:
+            return False
+    return True
 
 
 @njit(**JIT)
