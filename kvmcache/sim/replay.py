@@ -241,6 +241,36 @@ def _validated_chunks(
 
     precheck = _compiled_precheck(validator)
 
+    # The digest has a thread of its own: hashing costs about as much as the kernel's pass,
+    # so on the reader thread it would bound the replay (three threads share the cores).
+    hq: queue.Queue = queue.Queue(maxsize=2)
+
+    def hash_work() -> None:
+        while True:
+            try:
+                chunk = hq.get(timeout=0.1)
+            except queue.Empty:
+                if stop.is_set():
+                    return
+                continue
+            if chunk is None:
+                return
+            digest.update(chunk)
+
+    hasher = None
+    if digest is not None:
+        hasher = threading.Thread(target=hash_work, name="kvmcache-digest", daemon=True)
+        hasher.start()
+
+    def to_hasher(item) -> bool:
+        while not stop.is_set():
+            try:
+                hq.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work() -> None:
         base = 0
         try:
@@ -252,9 +282,12 @@ def _validated_chunks(
                         validator.check(chunk, base)
                 if not put((chunk, None)):
                     return
-                if digest is not None:  # while the kernel runs this chunk (read-only)
-                    digest.update(chunk)
+                if hasher is not None and not to_hasher(chunk):  # read-only, like the kernel
+                    return
                 base += len(chunk)
+            if hasher is not None:  # the consumer sees the end after the last update
+                to_hasher(None)
+                hasher.join()
         except BaseException as e:  # handed to the consumer, raised there
             put((None, e))
             return
