@@ -12,6 +12,7 @@ from typing import Any
 
 from kvmcache.errors import KvmcacheError
 from kvmcache.limits import excerpt, long_number, number_too_long
+from kvmcache.trace.events import MAX_VCPUS
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ def merge(*layers: Mapping[str, int | bool] | None) -> dict[str, int | bool]:
 MAX_PFN = 1 << 54
 #: Most words of per-vCPU state (caches, PAMT pairs, control pages) one vCPU may need, so
 #: that 65536 vCPUs fit the model's state limit (64 GiB): 131072 words = 1 MiB.
-MAX_VCPU_WORDS = (64 << 30) // (8 * 65536)
+MAX_VCPU_WORDS = (64 << 30) // (8 * MAX_VCPUS)
 #: Kernel integers are signed 64-bit.
 _I64_MAX = (1 << 63) - 1
 

@@ -166,7 +166,7 @@ HB = 256  # fault_pages, 17 buckets
 HB_LAT = 288  # fault_latency, 32 buckets
 FIXED = 320  # first index of the variable regions
 
-MAX_VCPUS = 65536
+MAX_VCPUS = TRACE_MAX_VCPUS  # vCPU indices are below this (the trace format's bound)
 HMUL_U = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: 2^64 / golden ratio
 SLOT_MARGIN = 16  # table slots one event can create, at most (L - 1 links or a split)
 

@@ -298,7 +298,7 @@ def grow_vcpus(s: State, need: int) -> State:
     while nv < need:
         nv *= 2
     fixed = s.m[: K.FIXED].copy()
-    fixed[K.P_NVCPU] = min(nv, 65536)
+    fixed[K.P_NVCPU] = min(nv, K.MAX_VCPUS)
     u = np.zeros(K.N_U + int(fixed[K.P_NVCPU]), dtype=np.uint64)
     u[: len(s.u)] = s.u  # busy[v] per vCPU slot follows the fixed words
     return State(_layout(fixed, s.m), s.lf, u)
