@@ -211,17 +211,6 @@ def test_hugepage_map_runs_out_of_host_memory():
         import_text(lines_of("ftrace_page_fault_only.txt"), opts)
 
 
-def test_kvmmmu_without_spte_requested_warns_and_imports_no_fault():
-    text = [
-        "  CPU 0/KVM-1 [000] .....  1.000001: kvm_page_fault: vcpu 0 rip 0x1 address 0x5000 error_code 0x6\n",
-        "  CPU 0/KVM-1 [000] .....  1.000002: kvm_mmu_get_page: new sp gfn 0 4 q0 direct wux\n",
-    ]
-    _, events, st = import_text(text)
-    assert len(events) == 0
-    assert st.faults_from == "kvm_mmu_spte_requested"
-    assert any("no kvm_mmu_spte_requested" in w for w in st.warnings)
-
-
 # --- e-mail wrapping ----------------------------------------------------------------------------
 
 

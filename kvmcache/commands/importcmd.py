@@ -48,7 +48,8 @@ def summary(stats: ImportStats, header_line: str) -> str:
         f"({st.producer}) in {st.seconds:.2f} s ({rate:,.0f} lines/s)",
         "  events: "
         + ", ".join(f"{name} {n}" for name, n in st.events.items())
-        + f" (faults from {st.faults_from})",
+        + f" (faults from {st.faults_from}"
+        + (f": {st.faults_why})" if st.faults_why else ")"),
         f"  lines used: {st.event_lines} became events, {st.vcpu_lines} for vCPU attribution only",
     ]
     if st.no_event:

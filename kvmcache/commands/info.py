@@ -138,6 +138,29 @@ def _none(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _ns(value: int | None) -> str:
+    """A time in ns with its unit, and in seconds: ``1500000000 ns (1.500000000 s)``."""
+    if value is None:
+        return "-"
+    return f"{value} ns ({value // 10**9}.{value % 10**9:09d} s)"
+
+
+def _source_text(source: Any) -> str:
+    """The sidecar's ``source`` (a list of inputs) as text: names joined by commas."""
+    if source is None:
+        return "-"
+    if isinstance(source, list):
+        return ", ".join(str(s) for s in source) or "-"
+    return str(source)
+
+
+def _no_faults_rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """A row saying that the trace has no faults (an empty import), or none."""
+    if doc["faults"]["total"]:
+        return []
+    return [("faults", "none: the trace has no faults (replay models an idle VM)")]
+
+
 def render_table(doc: dict[str, Any]) -> None:
     """Print the info document as a rich table on standard output."""
     from rich.table import Table
@@ -164,7 +187,8 @@ def render_table(doc: dict[str, Any]) -> None:
             ("complete", "yes" if t["complete"] else "no (the writer did not close it)"),
         ],
         [("events", str(doc["events"]))] + [(k, str(c)) for k, c in doc["ops"].items()],
-        [
+        _no_faults_rows(doc)
+        + [
             ("faults private", str(doc["faults"]["private"])),
             ("faults shared", str(doc["faults"]["shared"])),
         ]
@@ -174,9 +198,9 @@ def render_table(doc: dict[str, Any]) -> None:
             ("max vcpu index", _none(doc["vcpus"]["max"])),
         ],
         [
-            ("ts first", _none(doc["ts"]["first"])),
-            ("ts last", _none(doc["ts"]["last"])),
-            ("ts span (max - min)", _none(doc["ts"]["span"])),
+            ("ts first", _ns(doc["ts"]["first"])),
+            ("ts last", _ns(doc["ts"]["last"])),
+            ("ts span (max - min)", _ns(doc["ts"]["span"])),
             ("ts regressions", str(doc["ts"]["regressions"])),
         ],
         [
@@ -188,7 +212,7 @@ def render_table(doc: dict[str, Any]) -> None:
     ]
     imp = doc.get("import")
     if imp is not None:
-        section = [("import source", _none(imp.get("source")))]
+        section = [("import source", _source_text(imp.get("source")))]
         vmap = imp.get("vcpu_map") or {}
         items = list(vmap.items())
         text = "\n".join(f"{label} -> {idx}" for label, idx in items[:32])

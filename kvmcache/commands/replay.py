@@ -84,6 +84,8 @@ def command(
         write_timeline(timeline_path, [result])
     from kvmcache.report.jsonfmt import dumps, replay_document
 
+    if result.counters.get("faults", 0) == 0:
+        _warn_no_faults(trace)
     doc = replay_document(result)
     gate.check_after([doc])
     fmt = common.resolve_format(fmt)
@@ -98,3 +100,11 @@ def command(
 
         render_replay(result, common.out_console())
     gating.finish(gate, doc, [doc])
+
+
+def _warn_no_faults(trace: str) -> None:
+    """A trace without faults says nothing about the caches: say so (an empty import)."""
+    from kvmcache.trace.binary import stderr_warn
+
+    name = "standard input" if trace == "-" else trace
+    stderr_warn(f"{name} has no faults: every figure below is that of an idle VM")

@@ -155,6 +155,8 @@ class ImportStats:
     events: dict[str, int] = field(default_factory=dict)  # op name -> count
     vcpu_map: dict[str, int] = field(default_factory=dict)
     faults_from: str = "kvm_mmu_spte_requested"  # or "kvm_page_fault" (fallback)
+    faults_why: str = ""  # why that source (a phrase for the summary)
+    skipped_events: dict[str, int] = field(default_factory=dict)  # skipped KVM records by name
     lost_markers: int = 0
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -316,6 +318,7 @@ class Importer:
         skipped_unknown = skipped_stack = 0
         vcpu_lines = event_lines = 0
         no_event = self.stats.no_event
+        skipped_names = self.stats.skipped_events
         scale = _SCALE
         is_stack = LineReader.is_stack
         try:
@@ -331,11 +334,13 @@ class Importer:
                                 skipped_stack += 1
                             else:
                                 skipped_unknown += 1
+                                _count_name(skipped_names, event)
                             continue
                         if c == C_MMU:
                             self._seen_mmu = True
                         if vs is None:
                             skipped_unknown += 1
+                            _count_name(skipped_names, event)
                             continue
                         key = tid if tid is not None else "cpu" + cpu
                         if cur.get(key) != vs:
@@ -507,9 +512,10 @@ class Importer:
             ]
         ts, kind, gfn, pfn, level, vcpu, thread, src, line = cols
 
-        # 1. The fault source: kvm_mmu_spte_requested, or kvm_page_fault when the recording
-        #    holds no kvmmmu event at all.
-        fallback = not self._seen_mmu
+        # 1. The fault source: kvm_mmu_spte_requested when the recording has any, otherwise
+        #    kvm_page_fault (whatever other kvmmmu events are present).
+        fallback = self._spte_req == 0
+        st.faults_why = self._fault_source_reason(fallback)
         if fallback:
             st.faults_from = "kvm_page_fault"
             st.event_lines += self._pf_with_vcpu + self._pf_without_vcpu
@@ -521,11 +527,6 @@ class Importer:
                     st.no_event.get("kvm_page_fault", 0) + self._pf_without_vcpu
                 )
             keep = kind != K_PF
-            if self._spte_req == 0:
-                st.warnings.append(
-                    "the recording has kvmmmu events but no kvm_mmu_spte_requested: no faults "
-                    "imported (record -e kvmmmu, or only -e kvm to take faults from kvm_page_fault)"
-                )
         if not keep.all():
             ts, kind, gfn, pfn, level, vcpu, thread, src, line = (c[keep] for c in cols)
         is_fault = (kind == K_FAULT) | (kind == K_PF)
@@ -646,6 +647,8 @@ class Importer:
             host_pfn_limit=host_pfn_limit,
             count=len(events),
         )
+        if not counts[OP_FAULT]:
+            st.warnings.append(self._empty_warning())
         if st.lost_markers:
             st.warnings.append(
                 f"the recording reports lost events on {st.lost_markers} occasion(s): "
@@ -653,6 +656,30 @@ class Importer:
             )
         st.seconds = time.perf_counter() - self._t0
         return header, events, st
+
+    def _empty_warning(self) -> str:
+        """The warning of an import without faults: what was skipped, what to record."""
+        st = self.stats
+        top = sorted(st.skipped_events.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+        if top:
+            seen = "most frequent skipped records: " + ", ".join(f"{n} {c}" for n, c in top)
+        else:
+            other = st.skipped.get(SKIP_UNKNOWN, 0)
+            seen = f"{other} record(s) of other events, none of them a KVM event"
+        return (
+            f"no faults imported ({seen}); faults come from kvm_mmu_spte_requested "
+            "(record -e kvmmmu:kvm_mmu_spte_requested) or kvm_page_fault (record "
+            "-e kvm:kvm_page_fault; a kernel before 6.1 also needs -e kvm:kvm_entry for "
+            "the vCPU numbers)"
+        )
+
+    def _fault_source_reason(self, fallback: bool) -> str:
+        """Why the faults come from the source chosen (docs/import.md, section 3)."""
+        if not fallback:
+            return "the recording has kvm_mmu_spte_requested records"
+        if self._seen_mmu:
+            return "the recording has kvmmmu events but no kvm_mmu_spte_requested"
+        return "the recording has no kvm_mmu_spte_requested"
 
     def _synthetic_pfns(
         self, gfn: np.ndarray, gfn_limit: int, src: np.ndarray, line: np.ndarray
@@ -705,6 +732,12 @@ MAX_FRAME = np.uint64(2**64 - 2**30)
 def _round_limit(n: int) -> int:
     """``n`` rounded up to a multiple of 512, at least 512."""
     return max(512, (n + 511) // 512 * 512)
+
+
+def _count_name(counts: dict[str, int], event: str | None) -> None:
+    """Count a skipped record of ``event`` (named in the empty-import warning)."""
+    name = event if event is not None else "(no event name)"
+    counts[name] = counts.get(name, 0) + 1
 
 
 def _label(comm: str | None, tid: str | None, cpu: str) -> str:
@@ -783,7 +816,8 @@ class _FastLane:
         self.scan = scan
         imp = self.imp
         if imp._fast_tables is None:
-            ntab = np.full((self.NAME_SLOTS, 3), -1, dtype=np.int64)
+            ntab = np.full((self.NAME_SLOTS, 4), -1, dtype=np.int64)
+            ntab[:, 3] = 0  # skipped records of the name (counted by the fast lane)
             imp._fast_tables = (ntab, np.zeros(self.NAME_BYTES, dtype=np.uint8), [0, 0])
         self.ntab, self.names, self.name_use = imp._fast_tables
         self.R = np.zeros(scan.N_REGS, dtype=np.int64)
@@ -962,12 +996,24 @@ class _FastLane:
         imp._pf_without_vcpu += R[scan.R_PF_WITHOUT]
         if R[scan.R_SEEN_MMU]:
             imp._seen_mmu = True
+        self._count_names()
         for name, reg in (
             ("kvm_tdp_mmu_spte_changed", scan.R_NOEV_CHG),
             ("kvm_mmu_split_huge_page", scan.R_NOEV_SPLIT),
         ):
             if R[reg]:
                 st.no_event[name] = st.no_event.get(name, 0) + R[reg]
+
+    def _count_names(self) -> None:
+        """Add the fast lane's skipped records per event name to the importer's, and clear
+        them (the name table serves the next input too)."""
+        ntab = self.ntab
+        counts = self.imp.stats.skipped_events
+        for slot in np.flatnonzero(ntab[:, 3] > 0).tolist():
+            off, n = int(ntab[slot, 1]), int(ntab[slot, 2])
+            name = self.names[off : off + n].tobytes().decode("ascii")
+            counts[name] = counts.get(name, 0) + int(ntab[slot, 3])
+            ntab[slot, 3] = 0
 
 
 def import_text(
