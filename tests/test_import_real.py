@@ -10,10 +10,9 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import pytest
 from clirun import run
 
-from kvmcache.trace.events import FLAG_PRIVATE, OP_FAULT
+from kvmcache.trace.events import OP_FAULT
 from kvmcache.trace.importers.mapping import Importer, ImportOptions, import_text
 
 
