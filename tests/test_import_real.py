@@ -170,3 +170,39 @@ def test_info_source_text_and_time_units(tmp_path, capsys, monkeypatch):
     assert lines["import source"] == "a.txt"
     assert lines["ts first"] == "512100004000 ns (512.100004000 s)"
     assert lines["ts span (max - min)"] == "196000 ns (0.000196000 s)"
+
+
+# --- 3. guest physical addresses far above RAM --------------------------------------------------
+
+FAR_GPA = """\
+ vmm-vcpu0-30211 [001] .....  77.000100: kvm_page_fault: vcpu 0 rip 0x401000 address 0x00007f3a1c000000 error_code 0x184
+ vmm-vcpu0-30211 [001] .....  77.000200: kvm_page_fault: vcpu 0 rip 0x401008 address 0x00007f3a1c001008 error_code 0x186
+ vmm-vcpu1-30212 [002] .....  77.000300: kvm_page_fault: vcpu 1 rip 0x401010 address 0x0000000000100000 error_code 0x184
+ vmm-vcpu1-30212 [002] .....  77.000400: kvm_page_fault: vcpu 1 rip 0x401018 address 0x0001000000002000 error_code 0x184
+"""
+
+
+def test_far_addresses_are_imported_and_reported():
+    header, events, st = _both_lanes(FAR_GPA)
+    assert _rows(events) == [
+        (77_000_100_000, 0, 0x7F3A1C000, 1, 0),
+        (77_000_200_000, 0, 0x7F3A1C001, 1, 0),
+        (77_000_300_000, 1, 0x100, 1, 0),
+        (77_000_400_000, 1, 0x1000000002, 1, 0),
+    ]
+    assert header.gfn_limit == 0x1000000200  # covers the highest gfn, rounded up to 512
+    assert st.warnings == [
+        "3 event(s) at guest physical addresses of 1 TiB or more (up to 0x1000000002000, "
+        "the others below 0x101000): imported, and gfn_limit covers them; --pfn-map hugepage "
+        "keeps the host memory of the model small",
+        "1 event(s) at guest physical addresses of 2**48 or more, beyond what 4-level TDP "
+        "maps; use --root-level 5",
+    ]
+    header, events, st = import_text(
+        io.StringIO(FAR_GPA), ImportOptions(pfn_map="hugepage", root_level=5)
+    )
+    assert len(events) == 4 and header.host_pfn_limit == 3 * 512
+    assert st.warnings == [
+        "3 event(s) at guest physical addresses of 1 TiB or more (up to 0x1000000002000, "
+        "the others below 0x101000): imported, and gfn_limit covers them"
+    ]

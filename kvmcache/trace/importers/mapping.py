@@ -602,6 +602,7 @@ class Importer:
             )
             last = (gfn & ~(span - np.uint64(1))) + span - np.uint64(1) if len(gfn) else gfn
             gfn_limit = _round_limit(int(last.max()) + 1 if len(last) else 0)
+        self._far_warnings(gfn, kind)
         pf = kind == K_PF
         if pf.any():
             pfn[pf] = self._synthetic_pfns(gfn[pf], gfn_limit, src[pf], line[pf])
@@ -673,6 +674,33 @@ class Importer:
             "the vCPU numbers)"
         )
 
+    def _far_warnings(self, gfn: np.ndarray, kind: np.ndarray) -> None:
+        """Warn about guest physical addresses far above RAM (docs/import.md, section 5):
+        they are imported (gfn_limit covers them), but the user should know."""
+        st = self.stats
+        far = gfn >= np.uint64(FAR_GFN)
+        n_far = int(np.count_nonzero(far))
+        if not n_far:
+            return
+        top = int(gfn.max()) << PAGE_SHIFT
+        near = gfn[~far]
+        below = f", the others below 0x{int(near.max()) + 1 << PAGE_SHIFT:x}" if len(near) else ""
+        hint = ""
+        if bool((kind[far] == K_PF).any()) and self.options.pfn_map == "identity":
+            hint = "; --pfn-map hugepage keeps the host memory of the model small"
+        st.warnings.append(
+            f"{n_far} event(s) at guest physical addresses of 1 TiB or more (up to 0x{top:x}"
+            f"{below}): imported, and gfn_limit covers them{hint}"
+        )
+        reach = 9 * self.options.root_level  # gfn bits the TDP root maps
+        beyond = int(np.count_nonzero(gfn >> np.uint64(reach)))
+        if beyond:
+            st.warnings.append(
+                f"{beyond} event(s) at guest physical addresses of 2**{reach + PAGE_SHIFT} or "
+                f"more, beyond what {self.options.root_level}-level TDP maps"
+                + ("; use --root-level 5" if self.options.root_level == 4 else "")
+            )
+
     def _fault_source_reason(self, fallback: bool) -> str:
         """Why the faults come from the source chosen (docs/import.md, section 3)."""
         if not fallback:
@@ -723,6 +751,9 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
 
+
+#: Events at or above this gfn (1 TiB) are far above any RAM: the summary says so.
+FAR_GFN = 1 << 28
 
 #: Frames at or above this cannot be imported: a 1 GiB leaf there, rounded up to a 2 MiB
 #: multiple, would not fit the header's u64 limits.
