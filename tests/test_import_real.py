@@ -12,7 +12,7 @@ import io
 import numpy as np
 from clirun import run
 
-from kvmcache.trace.events import OP_FAULT
+from kvmcache.trace.events import FLAG_PRIVATE, OP_FAULT
 from kvmcache.trace.importers.mapping import Importer, ImportOptions, import_text
 
 
@@ -206,3 +206,51 @@ def test_far_addresses_are_imported_and_reported():
         "3 event(s) at guest physical addresses of 1 TiB or more (up to 0x1000000002000, "
         "the others below 0x101000): imported, and gfn_limit covers them"
     ]
+
+
+# --- 5. MMIO under --as-tdx ---------------------------------------------------------------------
+
+TD_MMIO = """\
+ CPU 0/KVM-5120 [004] ..... 2001.000010: kvm_page_fault: vcpu 0 rip 0xffffffff81060000 address 0x00000000fee000b0 error_code 0x182
+ CPU 0/KVM-5120 [004] ..... 2001.000011: kvm_mmio: mmio write len 4 gpa 0xfee000b0 val 0x0
+ CPU 0/KVM-5120 [004] ..... 2001.000020: kvm_page_fault: vcpu 0 rip 0xffffffff81060010 address 0x00000000fec00010 error_code 0x182
+ CPU 1/KVM-5121 [006] ..... 2001.000030: kvm_page_fault: vcpu 1 rip 0xffffffff81070000 address 0x00000000c0001004 error_code 0x184
+ CPU 1/KVM-5121 [006] ..... 2001.000031: kvm_mmio: mmio read len 4 gpa 0xc0001004 val 0x1af4
+ CPU 1/KVM-5121 [006] ..... 2001.000040: kvm_page_fault: vcpu 1 rip 0xffffffff81070008 address 0x00000000c0002000 error_code 0x18e
+ CPU 1/KVM-5121 [006] ..... 2001.000050: kvm_page_fault: vcpu 1 rip 0xffffffff81070010 address 0x0000000080000000 error_code 0x184
+ CPU 1/KVM-5121 [006] ..... 2001.000060: kvm_page_fault: vcpu 1 rip 0xffffffff81070018 address 0x0000000000200000 error_code 0x186
+ CPU 0/KVM-5120 [004] ..... 2001.000070: kvm_page_fault: vcpu 0 rip 0xffffffff81070020 address 0x00000000e0000040 error_code 0x184
+"""
+
+
+def test_mmio_is_shared_under_as_tdx(tmp_path, capsys):
+    P = FLAG_PRIVATE
+    _, events, st = _both_lanes(TD_MMIO, ImportOptions(as_tdx=True))
+    assert _rows(events) == [
+        (2001_000_010_000, 0, 0xFEE00, 1, 0),  # local APIC
+        (2001_000_020_000, 0, 0xFEC00, 1, 0),  # IOAPIC
+        (2001_000_030_000, 1, 0xC0001, 1, 0),  # a kvm_mmio record names it
+        (2001_000_040_000, 1, 0xC0002, 1, 0),  # error_code 0x18e has the reserved bit
+        (2001_000_050_000, 1, 0x80000, 1, P),
+        (2001_000_060_000, 1, 0x200, 1, P),
+        (2001_000_070_000, 0, 0xE0000, 1, P),
+    ]
+    assert st.mmio_shared == 4
+    assert st.no_event == {"kvm_mmio": 2}
+    _, events, st = import_text(
+        io.StringIO(TD_MMIO), ImportOptions(as_tdx=True, mmio=[(0xE0000, 0xEFFFF)])
+    )
+    assert st.mmio_shared == 5 and int(events["flags"][-1]) == 0
+    # without --as-tdx everything is shared anyway: nothing to count
+    _, events, st = import_text(io.StringIO(TD_MMIO))
+    assert st.mmio_shared == 0 and not events["flags"].any()
+    src = tmp_path / "td.txt"
+    src.write_text(TD_MMIO)
+    out = str(tmp_path / "td.kvmt")
+    code, _, err = run(
+        capsys, "import", str(src), "-o", out, "--as-tdx", "--mmio", "e0000000-efffffff"
+    )
+    assert code == 0
+    assert "MMIO: 5 fault(s) at MMIO addresses imported as shared" in err
+    code, _, err = run(capsys, "import", str(src), "-o", out, "--force", "--mmio", "e0000000")
+    assert code == 2 and "--mmio 'e0000000': expected START-END" in err

@@ -18,6 +18,7 @@ from kvmcache.trace.importers.sources import import_paths
 from kvmcache.trace.importers.text import FORMATS, SKIP_REASONS
 
 PAGE_SIZE = 4096
+PAGE_SHIFT = 12
 
 
 def _limit(text: str | None, option: str) -> int | None:
@@ -27,6 +28,25 @@ def _limit(text: str | None, option: str) -> int | None:
     if pages <= 0:
         raise KvmcacheError(f"{option} {text!r} is smaller than one 4 KiB page")
     return pages
+
+
+def parse_mmio_range(text: str) -> tuple[int, int]:
+    """``fec00000-fecfffff`` (guest physical, hex, 0x optional, inclusive) -> gfn range."""
+    parts = text.split("-")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        start, end = (int(p.strip(), 16) for p in parts)
+    except ValueError:
+        raise KvmcacheError(
+            f"--mmio {text!r}: expected START-END, guest physical addresses in hex "
+            "(e.g. fe000000-fe00ffff)"
+        ) from None
+    if end < start:
+        raise KvmcacheError(f"--mmio {text!r}: END is below START")
+    if end >> 64:
+        raise KvmcacheError(f"--mmio {text!r}: beyond 64-bit addresses")
+    return start >> PAGE_SHIFT, end >> PAGE_SHIFT
 
 
 def _write_sidecar(path: str, stats: ImportStats) -> None:
@@ -52,6 +72,11 @@ def summary(stats: ImportStats, header_line: str) -> str:
         + (f": {st.faults_why})" if st.faults_why else ")"),
         f"  lines used: {st.event_lines} became events, {st.vcpu_lines} for vCPU attribution only",
     ]
+    if st.mmio_shared:
+        out.append(
+            f"  MMIO: {st.mmio_shared} fault(s) at MMIO addresses imported as shared (a TD's "
+            "MMIO is never private)"
+        )
     if st.no_event:
         out.append(
             "  lines with no model event: "
@@ -107,6 +132,13 @@ def summary(stats: ImportStats, header_line: str) -> str:
     show_default=True,
     help="Synthetic host pfns for faults taken from kvm_page_fault.",
 )
+@click.option(
+    "--mmio",
+    "mmio",
+    multiple=True,
+    metavar="START-END",
+    help="With --as-tdx: a guest physical range (hex, inclusive) of MMIO, imported as shared.",
+)
 @click.option("--strict", is_flag=True, help="An unparseable line is an error (exit 2).")
 @click.option("--force", is_flag=True, help="Overwrite OUT.kvmt if it exists.")
 def command(
@@ -120,6 +152,7 @@ def command(
     guest_memory: str | None,
     host_memory: str | None,
     pfn_map: str,
+    mmio: tuple[str, ...],
     strict: bool,
     force: bool,
 ) -> None:
@@ -137,6 +170,7 @@ def command(
         gfn_limit=_limit(guest_memory, "--guest-memory"),
         host_pfn_limit=_limit(host_memory, "--host-memory"),
         pfn_map=pfn_map,
+        mmio=[parse_mmio_range(r) for r in mmio],
         strict=strict,
     )
     options.check()

@@ -72,6 +72,12 @@ _MAPPED = {
     "kvm_mmu_split_huge_page": C_SPLIT,
     "kvm_page_fault": C_PF,
 }
+#: Events that show a gfn as MMIO (read for --as-tdx: MMIO in a TD is shared).
+C_MMIO = 7
+_MMIO_EVENTS = frozenset(("kvm_mmio", "mark_mmio_spte", "handle_mmio_page_fault"))
+#: Well-known MMIO (gfn ranges, inclusive): IOAPIC, HPET, local APIC / MSI window.
+MMIO_RANGES = ((0xFEC00, 0xFECFF), (0xFED00, 0xFED00), (0xFEE00, 0xFEEFF))
+_PFERR_RSVD = 0x8  # kvm_page_fault error_code bit 3: a reserved-bit (MMIO SPTE) fault
 #: kvmmmu events whose names do not start with kvm_mmu_ / kvm_tdp_mmu_.
 _MMU_NAMES = frozenset(
     ("fast_page_fault", "mark_mmio_spte", "handle_mmio_page_fault", "check_mmio_spte")
@@ -101,6 +107,7 @@ class ImportOptions:
     gfn_limit: int | None = None  # from --guest-memory; None: computed from the data
     host_pfn_limit: int | None = None  # from --host-memory; None: computed from the data
     pfn_map: str = "identity"  # synthetic pfns of faults taken from kvm_page_fault
+    mmio: list[tuple[int, int]] = field(default_factory=list)  # --mmio gfn ranges (inclusive)
     strict: bool = False
 
     def check(self) -> None:
@@ -157,6 +164,7 @@ class ImportStats:
     faults_from: str = "kvm_mmu_spte_requested"  # or "kvm_page_fault" (fallback)
     faults_why: str = ""  # why that source (a phrase for the summary)
     skipped_events: dict[str, int] = field(default_factory=dict)  # skipped KVM records by name
+    mmio_shared: int = 0  # --as-tdx: faults at MMIO gfns, imported as shared
     lost_markers: int = 0
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -196,6 +204,7 @@ class Importer:
         self._cols: tuple[list[int], ...] = tuple([] for _ in range(9))
         self._blocks: list[tuple[np.ndarray, ...]] = []
         self._seen_mmu = False
+        self._mmio_gfns: set[int] = set()  # gfns the recording shows as MMIO
         self._spte_req = 0
         self._pf_with_vcpu = 0
         self._pf_without_vcpu = 0
@@ -238,6 +247,8 @@ class Importer:
         if c is None:
             if event is None:
                 c = C_UNKNOWN
+            elif event in _MMIO_EVENTS:
+                c = C_MMIO
             elif event in _MAPPED:
                 c = _MAPPED[event]
             elif (
@@ -352,7 +363,10 @@ class Importer:
                         vcpu_lines += 1
                         continue
                     # A mapped event: kvm_mmu_spte_requested, kvm_tdp_mmu_spte_changed,
-                    # kvm_mmu_split_huge_page or kvm_page_fault.
+                    # kvm_mmu_split_huge_page or kvm_page_fault (or an MMIO record).
+                    if c == C_MMIO:
+                        self._mmio_record(reader, lineno, event, text)
+                        continue
                     if c != C_PF:
                         self._seen_mmu = True
                     try:
@@ -424,6 +438,8 @@ class Importer:
                             if f[i] != "address":
                                 raise ValueError
                             gfn = int(f[i + 1], 16) >> PAGE_SHIFT
+                            if _rsvd_fault(f, i):
+                                self._mmio_gfns.add(gfn)
                             k = K_PF
                             pfn = 0
                             level = LEVEL_4K
@@ -572,6 +588,9 @@ class Importer:
                 flags[~shared] = FLAG_PRIVATE
         elif o.as_tdx and vm_type == "tdx":
             flags[:] = FLAG_PRIVATE
+            mmio = self._mmio_mask(gfn)
+            flags[mmio] = 0
+            st.mmio_shared = int(np.count_nonzero(mmio & is_fault))
 
         # 4. Time order: stable, so records with equal timestamps keep their input order.
         order = np.argsort(ts, kind="stable")
@@ -657,6 +676,34 @@ class Importer:
             )
         st.seconds = time.perf_counter() - self._t0
         return header, events, st
+
+    def _mmio_record(self, reader: LineReader, lineno: int, event: str, text: str) -> None:
+        """A kvm_mmio / mark_mmio_spte / handle_mmio_page_fault record: its gfn is MMIO."""
+        if event != "kvm_mmio":
+            self._seen_mmu = True
+        f = text.split()
+        try:
+            if "gpa" in f:  # kvm_mmio: mmio %s len %u gpa 0x%llx val 0x%llx
+                gfn = int(f[f.index("gpa") + 1], 16) >> PAGE_SHIFT
+            else:  # ... gfn %llx access %x ...
+                gfn = int(f[f.index("gfn") + 1], 16)
+        except (ValueError, IndexError):
+            reader.unparseable(lineno, f"{event} record: {_excerpt(text)}")
+            return
+        self._mmio_gfns.add(gfn)
+        no_event = self.stats.no_event
+        no_event[event] = no_event.get(event, 0) + 1
+
+    def _mmio_mask(self, gfn: np.ndarray) -> np.ndarray:
+        """The events at MMIO gfns: well-known ranges, --mmio, and gfns the recording shows
+        as MMIO (docs/import.md, section 5)."""
+        mask = np.zeros(len(gfn), dtype=bool)
+        for lo, hi in MMIO_RANGES + tuple(self.options.mmio):
+            mask |= (gfn >= np.uint64(lo)) & (gfn <= np.uint64(hi))
+        if self._mmio_gfns:
+            seen = np.fromiter(self._mmio_gfns, dtype=np.uint64, count=len(self._mmio_gfns))
+            mask |= np.isin(gfn, seen)
+        return mask
 
     def _empty_warning(self) -> str:
         """The warning of an import without faults: what was skipped, what to record."""
@@ -763,6 +810,17 @@ MAX_FRAME = np.uint64(2**64 - 2**30)
 def _round_limit(n: int) -> int:
     """``n`` rounded up to a multiple of 512, at least 512."""
     return max(512, (n + 511) // 512 * 512)
+
+
+def _rsvd_fault(f: list[str], i: int) -> bool:
+    """The kvm_page_fault fields ``f`` (address at ``i``) have an error_code with the reserved
+    bit: the fault of an MMIO SPTE."""
+    if len(f) <= i + 3 or f[i + 2] != "error_code":
+        return False
+    try:
+        return bool(int(f[i + 3], 16) & _PFERR_RSVD)
+    except ValueError:
+        return False
 
 
 def _count_name(counts: dict[str, int], event: str | None) -> None:
@@ -963,7 +1021,9 @@ class _FastLane:
         c = imp._classes.get(name)
         if c is None:
             c = imp._classify(system, name)
-        if c in (C_KVM, C_MMU) and not any(k in name for k in KVM_KEYWORDS):
+        if c == C_MMIO:
+            c = scan.C_ASK  # the Python lane reads MMIO records
+        elif c in (C_KVM, C_MMU) and not any(k in name for k in KVM_KEYWORDS):
             # Known as KVM from a perf `kvmmmu:` record, but the Python reader only looks at a
             # plain line for KVM records when it names a keyword: let it decide.
             c = scan.C_ASK

@@ -25,6 +25,7 @@ from numba import njit
 
 from kvmcache.trace.importers.mapping import (
     C_KVM,
+    C_MMIO,
     C_MMU,
     C_PF,
     C_SPLIT,
@@ -87,7 +88,7 @@ F_SIZE = F_TOK + 2 * MAX_TOKENS
 
 # Event classes in the name table are the mapping's C_*, plus one that sends the line to the
 # Python path (a KVM / kvmmmu name the Python reader would not look at on every line).
-C_ASK = max(C_UNKNOWN, C_KVM, C_MMU, C_SPTE_REQ, C_SPTE_CHG, C_SPLIT, C_PF) + 1
+C_ASK = max(C_UNKNOWN, C_KVM, C_MMU, C_SPTE_REQ, C_SPTE_CHG, C_SPLIT, C_PF, C_MMIO) + 1
 
 # Output columns (the event kinds are the mapping's K_*).
 U_TS, U_GFN, U_PFN = range(3)  # out_u rows (uint64)
@@ -106,6 +107,8 @@ _L_SPTE = np.frombuffer(b"spte", dtype=np.uint8)
 _L_ERRNO = np.frombuffer(b"errno", dtype=np.uint8)
 _L_ADDRESS = np.frombuffer(b"address", dtype=np.uint8)
 _L_STACK = np.frombuffer(b"stack", dtype=np.uint8)
+_L_ERROR_CODE = np.frombuffer(b"error_code", dtype=np.uint8)
+_PFERR_RSVD = np.uint64(0x8)
 _L_KVM = np.frombuffer(b"kvm", dtype=np.uint8)
 _L_MMIO = np.frombuffer(b"mmio_", dtype=np.uint8)
 _L_PAGE_FAULT = np.frombuffer(b"_page_fault", dtype=np.uint8)
@@ -762,12 +765,16 @@ def _take(buf, R, F, a, ttab, t_cur, ntab, names, out_u, out_i, cap):
         if vs < -1:
             return ST_SLOW
         i = 4 if vs >= 0 else 0
-        _tokens(buf, F, a, i + 2)
+        _tokens(buf, F, a, i + 4)
         if not _is(buf, F, i, _L_ADDRESS):
             return ST_SLOW
         ok1, addr = _thex(buf, F, i + 1)
         if not ok1:
             return ST_SLOW
+        if _is(buf, F, i + 2, _L_ERROR_CODE):
+            ok2, err = _thex(buf, F, i + 3)
+            if not ok2 or (err & _PFERR_RSVD) != _U0:
+                return ST_SLOW  # an MMIO fault: the Python lane notes its gfn
         gfn = addr >> np.uint64(12)
         kind = K_PF
     t = _thread(ttab, F[a + F_TID])
