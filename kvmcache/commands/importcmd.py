@@ -72,6 +72,11 @@ def summary(stats: ImportStats, header_line: str) -> str:
         + (f": {st.faults_why})" if st.faults_why else ")"),
         f"  lines used: {st.event_lines} became events, {st.vcpu_lines} for vCPU attribution only",
     ]
+    if st.quoted_printable:
+        out.append(
+            "  quoted-printable mail decoded (soft line breaks joined, =XX escapes): "
+            + ", ".join(st.quoted_printable)
+        )
     if st.mmio_shared:
         out.append(
             f"  MMIO: {st.mmio_shared} fault(s) at MMIO addresses imported as shared (a TD's "

@@ -8,6 +8,9 @@ source, resolves vCPUs, applies the private/shared rules, sorts by time and size
 
 from __future__ import annotations
 
+import binascii
+import itertools
+import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -165,6 +168,7 @@ class ImportStats:
     faults_why: str = ""  # why that source (a phrase for the summary)
     skipped_events: dict[str, int] = field(default_factory=dict)  # skipped KVM records by name
     mmio_shared: int = 0  # --as-tdx: faults at MMIO gfns, imported as shared
+    quoted_printable: list[str] = field(default_factory=list)  # inputs decoded as QP mail
     lost_markers: int = 0
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -270,6 +274,7 @@ class Importer:
         """Read one input's lines (``source`` names it in messages and in the sidecar;
         ``fmt`` overrides the options' format for this input), all in Python."""
         reader = self._reader(source, fmt)
+        lines = self._qp_lines(lines, source)
         try:
             self._consume(reader, reader.batches(lines), len(self.stats.sources) - 1)
         finally:
@@ -296,12 +301,43 @@ class Importer:
                 raise KvmcacheError(
                     f"{source}: binary data (NUL bytes), not the text of a recorded trace"
                 )
+            data, stream = self._qp_stream(data, stream, source)
             if fast is False:
                 self._consume(reader, reader.batches(_text_lines(data, stream, source)), src)
             else:
                 _FastLane(self, reader, src, armed=bool(fast)).run(data, stream)
         finally:
             self._end_input(reader)
+
+    def _qp_stream(self, data: bytes, stream: BinaryIO, source: str) -> tuple[bytes, BinaryIO]:
+        """(first block, stream) of an input, quoted-printable decoded when its first
+        QP_SNIFF bytes look quoted-printable (docs/import.md, section 2)."""
+        while len(data) < QP_SNIFF:
+            more = stream.read(QP_SNIFF)
+            if not more:
+                break
+            data += more
+        if not looks_quoted_printable(data[:QP_SNIFF]):
+            return data, stream
+        self.stats.quoted_printable.append(source)
+        qp = _QPStream(data, stream, source)
+        return qp.read(READ_BYTES), qp  # type: ignore[return-value]
+
+    def _qp_lines(self, lines: Iterable[str], source: str) -> Iterable[str]:
+        """:meth:`_qp_stream` for an input given as text lines."""
+        it = iter(lines)
+        head: list[str] = []
+        size = 0
+        for line in it:
+            head.append(line)
+            size += len(line.encode("utf-8", "replace"))
+            if size >= QP_SNIFF:
+                break
+        prefix = "".join(head).encode("utf-8", "replace")[:QP_SNIFF]
+        if not looks_quoted_printable(prefix):
+            return itertools.chain(head, it)
+        self.stats.quoted_printable.append(source)
+        return _qp_decode_lines(itertools.chain(head, it))
 
     def _reader(self, source: str, fmt: str | None) -> LineReader:
         o = self.options
@@ -875,6 +911,74 @@ def _text_lines(data: bytes, stream: BinaryIO, source: str = "<text>") -> Iterat
         data = stream.read(READ_BYTES)
     if carry:
         yield from _decode_lines(carry + b"\n")
+
+
+#: The first this many bytes of an input decide whether it is quoted-printable.
+QP_SNIFF = 64 << 10
+#: A record line cut by a quoted-printable soft break: its CPU column, then `=` at the end.
+_QP_SOFT_RECORD = re.compile(rb"\[\d+\].*=\r?$", re.MULTILINE)
+
+
+def looks_quoted_printable(head: bytes) -> bool:
+    """True when ``head`` (an input's first bytes) is quoted-printable mail: at least two
+    record lines (a `[CPU]` column) end in a soft line break `=`."""
+    if b"=\n" not in head and b"=\r\n" not in head:
+        return False
+    found = 0
+    for _ in _QP_SOFT_RECORD.finditer(head):
+        found += 1
+        if found >= 2:
+            return True
+    return False
+
+
+class _QPStream:
+    """Quoted-printable decoding of (first block, rest of a stream), read like a stream.
+    Decoding is per line: a soft break (`=` at a line end) only deletes itself, and an
+    `=XX` escape never spans lines, so cutting the input at line ends is exact."""
+
+    def __init__(self, data: bytes, stream: BinaryIO, source: str) -> None:
+        self._data = data
+        self._stream = stream
+        self._source = source
+        self._carry = b""
+        self._out = b""
+        self._eof = False
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._eof and (n < 0 or len(self._out) < n):
+            data, self._data = (
+                (self._data, b"") if self._data else (self._stream.read(READ_BYTES), b"")
+            )
+            if not data:
+                self._eof = True
+                if self._carry:
+                    self._out += binascii.a2b_qp(self._carry)
+                    self._carry = b""
+                break
+            buf = self._carry + data
+            cut = buf.rfind(b"\n") + 1
+            self._out += binascii.a2b_qp(buf[:cut])
+            self._carry = buf[cut:]
+            _check_carry(self._carry, self._source)
+        if n < 0 or n >= len(self._out):
+            out, self._out = self._out, b""
+        else:
+            out, self._out = self._out[:n], self._out[n:]
+        return out
+
+
+def _qp_decode_lines(lines: Iterable[str]) -> Iterator[str]:
+    """The lines of quoted-printable text lines, decoded (soft breaks joined)."""
+    held: list[bytes] = []
+    for line in lines:
+        held.append(line.encode("utf-8", "replace") + (b"" if line.endswith("\n") else b"\n"))
+        if line.rstrip("\r\n").endswith("="):
+            continue
+        yield from _decode_lines(binascii.a2b_qp(b"".join(held)))
+        held = []
+    if held:
+        yield from _decode_lines(binascii.a2b_qp(b"".join(held)))
 
 
 def _plain_tid(key: str) -> bool:
