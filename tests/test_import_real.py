@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 from clirun import run
 
 from kvmcache.trace.events import FLAG_PRIVATE, OP_FAULT
@@ -314,3 +315,97 @@ def test_quoted_printable_across_blocks(monkeypatch):
     monkeypatch.setattr(mapping, "READ_BYTES", 57)
     got = _both_lanes(QP_MAIL * 3)
     assert got[0] == expected[0] and got[1].tobytes() == expected[1].tobytes()
+
+
+# --- 4. glued snippets and several VMs -----------------------------------------------------------
+
+# Two snippets of one guest pasted one after the other: the second starts 5 hours later.
+GLUED = """\
+ CPU 0/KVM-6100 [001] ..... 8000.000100: kvm_page_fault: vcpu 0 rip 0x1 address 0x0000000000101000 error_code 0x184
+ CPU 0/KVM-6100 [001] ..... 8000.000200: kvm_page_fault: vcpu 0 rip 0x1 address 0x0000000000102000 error_code 0x184
+ CPU 0/KVM-6100 [001] ..... 8000.000350: kvm_page_fault: vcpu 0 rip 0x1 address 0x0000000000103000 error_code 0x184
+--
+ CPU 0/KVM-6100 [001] ..... 26000.000100: kvm_page_fault: vcpu 0 rip 0x1 address 0x0000000000201000 error_code 0x184
+ CPU 0/KVM-6100 [001] ..... 26000.000250: kvm_page_fault: vcpu 0 rip 0x1 address 0x0000000000202000 error_code 0x184
+"""
+
+
+def test_glued_snippets_warn_and_max_gap_cuts(tmp_path, capsys):
+    _, events, st = _both_lanes(GLUED)
+    assert st.warnings == [
+        "1 gap(s) between events far beyond the rest of the recording (the longest 5.0 h "
+        "after ts 8000000350000 ns; the median gap is 0.000150 s): glued recordings? "
+        "--max-gap cuts them for the idle accounting"
+    ]
+    assert [int(t) for t in events["ts"]][-1] == 26000_000_250_000
+    _, events, st = import_text(io.StringIO(GLUED), ImportOptions(max_gap=10**9))
+    assert [int(t) for t in events["ts"]] == [
+        8000_000_100_000,
+        8000_000_200_000,
+        8000_000_350_000,
+        8001_000_350_000,  # the 5 h gap cut to 1 s
+        8001_000_500_000,
+    ]
+    assert st.gaps_cut == (1, 17_998_999_750_000)  # 17999.99975 s - 1 s
+    assert not st.warnings
+    src = tmp_path / "glued.txt"
+    src.write_text(GLUED)
+    code, _, err = run(
+        capsys, "import", str(src), "-o", str(tmp_path / "g.kvmt"), "--max-gap", "1s"
+    )
+    assert code == 0 and "--max-gap: 1 gap(s) cut, 17998999750000 ns of idle time removed" in err
+    code, _, err = run(
+        capsys, "import", str(src), "-o", str(tmp_path / "h.kvmt"), "--max-gap", "1 parsec"
+    )
+    assert code == 2 and "--max-gap '1 parsec' is not a duration" in err
+
+
+# Two QEMU processes traced together (ftrace with the record-tgid option): vCPU threads of pid
+# 3300 and of pid 4400 interleave; 4400 has more faults.
+TWO_VMS = """\
+       CPU 0/KVM-3301    (   3300) [000] ..... 60.000100: kvm_page_fault: vcpu 0 rip 0x1 address 0x0000000000010000 error_code 0x184
+       CPU 0/KVM-4401    (   4400) [002] ..... 60.000150: kvm_page_fault: vcpu 0 rip 0x1 address 0x0000000000020000 error_code 0x184
+       CPU 1/KVM-4402    (   4400) [003] ..... 60.000160: kvm_page_fault: vcpu 1 rip 0x1 address 0x0000000000021000 error_code 0x184
+       CPU 1/KVM-3302    (   3300) [001] ..... 60.000200: kvm_page_fault: vcpu 1 rip 0x1 address 0x0000000000011000 error_code 0x184
+       CPU 0/KVM-4401    (   4400) [002] ..... 60.000250: kvm_page_fault: vcpu 0 rip 0x1 address 0x0000000000022000 error_code 0x184
+"""
+
+
+def test_two_vms_by_tgid():
+    _, events, st = _both_lanes(TWO_VMS)
+    assert _rows(events) == [
+        (60_000_150_000, 0, 0x20, 1, 0),
+        (60_000_160_000, 1, 0x21, 1, 0),
+        (60_000_250_000, 0, 0x22, 1, 0),
+    ]
+    assert st.vms == ["pid 3300: 2 fault(s)", "pid 4400: 3 fault(s), imported"]
+    assert st.vcpu_map == {"CPU 0/KVM-4401": 0, "CPU 1/KVM-4402": 1}
+    assert st.skipped["other VM"] == 2 and st.event_lines == 3
+    assert st.warnings == [
+        "the recording holds 2 VMs (distinct VMM processes); imported pid 4400 (most faults); "
+        "--vm PID imports another"
+    ]
+    _, events, st = import_text(io.StringIO(TWO_VMS), ImportOptions(vm_process="3302"))
+    assert [int(g) for g in events["gfn"]] == [0x10, 0x11]
+    with pytest.raises(Exception, match=r"--vm 77: no VMM process or thread 77 in the recording"):
+        import_text(io.StringIO(TWO_VMS), ImportOptions(vm_process="77"))
+
+
+def test_two_vms_without_tgid_split_where_a_vcpu_repeats():
+    text = TWO_VMS.replace("(   3300) ", "").replace("(   4400) ", "")
+    _, events, st = _both_lanes(text)
+    assert st.vms == ["threads 3301..3302: 2 fault(s)", "threads 4401..4402: 3 fault(s), imported"]
+    assert len(events) == 3
+    # perf script with PID/TID
+    perf = "".join(
+        f"  CPU {v}/KVM {pid}/{tid} [00{v}] 60.{us:06d}: kvm:kvm_page_fault: vcpu {v} rip 0x1 "
+        f"address 0x{gpa:016x} error_code 0x184\n"
+        for v, pid, tid, us, gpa in [
+            (0, 3300, 3301, 100, 0x10000),
+            (0, 4400, 4401, 150, 0x20000),
+            (1, 3300, 3302, 200, 0x11000),
+        ]
+    )
+    _, events, st = _both_lanes(perf)
+    assert st.vms == ["pid 3300: 2 fault(s), imported", "pid 4400: 1 fault(s)"]
+    assert [int(g) for g in events["gfn"]] == [0x10, 0x11]

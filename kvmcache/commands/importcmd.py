@@ -4,7 +4,9 @@ a binary trace plus an `OUT.import.yaml` sidecar. The rules are in docs/import.m
 from __future__ import annotations
 
 import os
+import re
 import sys
+from fractions import Fraction
 
 import click
 import yaml
@@ -15,7 +17,7 @@ from kvmcache.trace import import_sidecar_path
 from kvmcache.trace.binary import BinaryWriter
 from kvmcache.trace.importers.mapping import PFN_MAPS, ImportOptions, ImportStats, parse_size
 from kvmcache.trace.importers.sources import import_paths
-from kvmcache.trace.importers.text import FORMATS, SKIP_REASONS
+from kvmcache.trace.importers.text import FORMATS, SKIP_OTHER_VM, SKIP_REASONS
 
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
@@ -28,6 +30,46 @@ def _limit(text: str | None, option: str) -> int | None:
     if pages <= 0:
         raise KvmcacheError(f"{option} {text!r} is smaller than one 4 KiB page")
     return pages
+
+
+def parse_vm_values(values: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """(VM type, VMM process) from the --vm values: tdx / vmx, and a PID."""
+    vm = process = None
+    for value in values:
+        if value in ("tdx", "vmx"):
+            if vm is not None and vm != value:
+                raise KvmcacheError(f"--vm {vm} and --vm {value} contradict each other")
+            vm = value
+        elif value.isascii() and value.isdigit():
+            if process is not None and process != value:
+                raise KvmcacheError(f"--vm {process} and --vm {value}: one VM is imported")
+            process = str(int(value))
+        else:
+            raise KvmcacheError(f"--vm {value!r}: expected tdx, vmx or a process id")
+    return vm, process
+
+
+_DURATION_UNITS = {
+    "ns": 1,
+    "us": 10**3,
+    "ms": 10**6,
+    "s": 10**9,
+    "m": 60 * 10**9,
+    "h": 3600 * 10**9,
+}
+
+
+def parse_duration(text: str, option: str) -> int:
+    """``10s``, ``500ms``, ``2m``, ``1h``, ``250us``, ``40ns`` or plain seconds -> ns."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ns|us|ms|s|m|h)?\s*", text)
+    if m is None:
+        raise KvmcacheError(
+            f"{option} {text!r} is not a duration (a number and a unit ns, us, ms, s, m or h)"
+        )
+    value = Fraction(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
+    if value < 1 or value >= 2**63:
+        raise KvmcacheError(f"{option} {text!r} must be at least 1 ns and below 2**63 ns")
+    return int(value)
 
 
 def parse_mmio_range(text: str) -> tuple[int, int]:
@@ -87,7 +129,15 @@ def summary(stats: ImportStats, header_line: str) -> str:
             "  lines with no model event: "
             + ", ".join(f"{name} {n}" for name, n in sorted(st.no_event.items()))
         )
-    out.append("  lines skipped: " + ", ".join(f"{r} {st.skipped.get(r, 0)}" for r in SKIP_REASONS))
+    reasons = SKIP_REASONS + ((SKIP_OTHER_VM,) if st.skipped.get(SKIP_OTHER_VM) else ())
+    out.append("  lines skipped: " + ", ".join(f"{r} {st.skipped.get(r, 0)}" for r in reasons))
+    if st.vms:
+        out.append("  VMs (VMM processes): " + "; ".join(st.vms))
+    if st.gaps_cut[0]:
+        out.append(
+            f"  --max-gap: {st.gaps_cut[0]} gap(s) cut, {st.gaps_cut[1]} ns of idle time "
+            "removed (later timestamps moved earlier)"
+        )
     vmap = st.vcpu_map
     shown = ", ".join(f"{label} -> {v}" for label, v in list(vmap.items())[:8])
     more = f", ... ({len(vmap) - 8} more)" if len(vmap) > 8 else ""
@@ -116,7 +166,19 @@ def summary(stats: ImportStats, header_line: str) -> str:
     show_default=True,
     help="GPA bit that marks shared memory (TDX); faults without it are private.",
 )
-@click.option("--vm", type=click.Choice(["tdx", "vmx"]), default=None, help="Override the VM type.")
+@click.option(
+    "--vm",
+    "vm_values",
+    multiple=True,
+    metavar="tdx|vmx|PID",
+    help="Override the VM type (tdx, vmx), or import the VM of this VMM process (PID, or one "
+    "of its thread ids) when the recording holds several; may be given twice.",
+)
+@click.option(
+    "--max-gap",
+    metavar="DURATION",
+    help="Cut every gap between events longer than this (e.g. 10s, 500ms) down to it.",
+)
 @click.option(
     "--root-level",
     type=click.Choice(["4", "5"]),
@@ -152,7 +214,8 @@ def command(
     fmt: str,
     as_tdx: bool,
     shared_bit: str,
-    vm: str | None,
+    vm_values: tuple[str, ...],
+    max_gap: str | None,
     root_level: str,
     guest_memory: str | None,
     host_memory: str | None,
@@ -166,8 +229,11 @@ def command(
     INPUT is a text file (optionally .gz, .xz, .bz2 or .zst), `-` for standard input, or a
     binary trace.dat / perf.data (rendered with trace-cmd report / perf script).
     """
+    vm, vm_process = parse_vm_values(vm_values)
     options = ImportOptions(
         format=fmt,
+        vm_process=vm_process,
+        max_gap=None if max_gap is None else parse_duration(max_gap, "--max-gap"),
         as_tdx=as_tdx,
         shared_bit=None if shared_bit == "none" else int(shared_bit),
         vm=vm,

@@ -35,6 +35,7 @@ from kvmcache.trace.events import (
 from kvmcache.trace.importers.text import (
     FORMATS,
     KVM_KEYWORDS,
+    SKIP_OTHER_VM,
     SKIP_STACK,
     SKIP_UNKNOWN,
     LineReader,
@@ -111,6 +112,8 @@ class ImportOptions:
     host_pfn_limit: int | None = None  # from --host-memory; None: computed from the data
     pfn_map: str = "identity"  # synthetic pfns of faults taken from kvm_page_fault
     mmio: list[tuple[int, int]] = field(default_factory=list)  # --mmio gfn ranges (inclusive)
+    vm_process: str | None = None  # --vm PID: the VMM process (or one of its threads) to import
+    max_gap: int | None = None  # --max-gap in ns: longer gaps between events are cut to it
     strict: bool = False
 
     def check(self) -> None:
@@ -169,6 +172,8 @@ class ImportStats:
     skipped_events: dict[str, int] = field(default_factory=dict)  # skipped KVM records by name
     mmio_shared: int = 0  # --as-tdx: faults at MMIO gfns, imported as shared
     quoted_printable: list[str] = field(default_factory=list)  # inputs decoded as QP mail
+    vms: list[str] = field(default_factory=list)  # the VMM processes found (when several)
+    gaps_cut: tuple[int, int] = (0, 0)  # --max-gap: gaps cut, ns removed
     lost_markers: int = 0
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -209,6 +214,8 @@ class Importer:
         self._blocks: list[tuple[np.ndarray, ...]] = []
         self._seen_mmu = False
         self._mmio_gfns: set[int] = set()  # gfns the recording shows as MMIO
+        self._pids: dict[str, str] = {}  # thread key -> process id (TGID / PID), when shown
+        self._vm_threads: set[int] | None = None  # the threads of the VM imported (several)
         self._spte_req = 0
         self._pf_with_vcpu = 0
         self._pf_without_vcpu = 0
@@ -351,6 +358,9 @@ class Importer:
         for reason, n in reader.skipped.items():
             st.skipped[reason] = st.skipped.get(reason, 0) + n
         st.lost_markers += reader.lost_markers
+        for key, pid in reader.pids.items():
+            if pid is not None and key is not None:
+                self._pids.setdefault(key, pid)
         st.producers.append(reader.producer or "")
 
     def _consume(self, reader: LineReader, batches: Iterable[list], src: int) -> None:
@@ -583,6 +593,16 @@ class Importer:
             ts, kind, gfn, pfn, level, vcpu, thread, src, line = (c[keep] for c in cols)
         is_fault = (kind == K_FAULT) | (kind == K_PF)
 
+        # 1b. Several VMM processes: one VM is imported (docs/import.md, section 4).
+        mine = self._choose_vm(thread, is_fault)
+        if mine is not None and not mine.all():
+            other = int(np.count_nonzero(~mine))
+            st.event_lines -= other
+            st.skipped[SKIP_OTHER_VM] = st.skipped.get(SKIP_OTHER_VM, 0) + other
+            ts, kind, gfn, pfn, level, vcpu, thread, src, line, is_fault = (
+                c[mine] for c in (ts, kind, gfn, pfn, level, vcpu, thread, src, line, is_fault)
+            )
+
         # 2. vCPUs: the thread's vCPU at the time of the event; else the first one the thread
         #    shows later; else the next free index, in order of the threads' first appearance.
         t_first = np.array(self._t_first, dtype=np.int64)
@@ -601,6 +621,8 @@ class Importer:
             vcpu[unresolved] = resolve[thread[unresolved]]
         vcpu[~is_fault] = 0
         for t, label in enumerate(self._t_label):
+            if self._vm_threads is not None and t not in self._vm_threads:
+                continue
             v = self._t_first[t] if self._t_first[t] >= 0 else assigned.get(t)
             if v is not None:
                 st.vcpu_map[label] = int(v)
@@ -634,6 +656,7 @@ class Importer:
             c[order] for c in (ts, kind, gfn, pfn, level, vcpu, thread, src, line, flags)
         )
         is_fault = is_fault[order]
+        ts = self._gaps(ts)
 
         # 5. Guest size, then synthetic pfns for faults taken from kvm_page_fault.
         span = np.left_shift(
@@ -712,6 +735,125 @@ class Importer:
             )
         st.seconds = time.perf_counter() - self._t0
         return header, events, st
+
+    def _vm_groups(self) -> list[list[int]]:
+        """The threads grouped by VMM process: by TGID / PID where the recording shows two or
+        more of them; the other threads form one VM unless two of them claim the same vCPU
+        number, and then are split, in the order of their thread ids, wherever a vCPU number
+        repeats."""
+        keys = [""] * len(self._t_label)
+        for key, t in self._tindex.items():
+            keys[t] = key
+        by_pid: dict[str, list[int]] = {}
+        rest: list[int] = []
+        for t, key in enumerate(keys):
+            pid = self._pids.get(key)
+            if pid is not None:
+                by_pid.setdefault(pid, []).append(t)
+            else:
+                rest.append(t)
+        if len(by_pid) <= 1:  # one process id or none: no evidence of several processes
+            by_pid, rest = {}, list(range(len(keys)))
+        groups = [ts for _, ts in sorted(by_pid.items(), key=lambda kv: int(kv[0]))]
+        first = [self._t_first[t] for t in rest if self._t_first[t] >= 0]
+        if len(set(first)) == len(first):
+            return groups + ([rest] if rest else [])
+        # A process's threads have nearby ids (allocated when it starts its vCPUs); COMM tells
+        # little (QEMU names its vCPU threads `CPU N/KVM` in every VM).
+        cur: list[int] = []
+        vcpus: set[int] = set()
+        for t in sorted(rest, key=lambda t: _tid_order(keys[t])):
+            v = self._t_first[t]
+            if v >= 0 and v in vcpus:
+                groups.append(cur)
+                cur, vcpus = [], set()
+            cur.append(t)
+            if v >= 0:
+                vcpus.add(v)
+        groups.append(cur)
+        return groups
+
+    def _choose_vm(self, thread: np.ndarray, is_fault: np.ndarray) -> np.ndarray | None:
+        """The events of the VM to import (--vm PID, else the one with most faults), or
+        None when the recording holds one VM; lists the VMs in the summary."""
+        st = self.stats
+        want = self.options.vm_process
+        groups = self._vm_groups()
+        if len(groups) <= 1 and want is None:
+            return None
+        keys = {t: k for k, t in self._tindex.items()}
+        group_of = np.zeros(len(self._t_label) + 1, dtype=np.int64)
+        names = []
+        for g, members in enumerate(groups):
+            group_of[members] = g
+            pid = self._pids.get(keys[members[0]])
+            if pid is not None and all(self._pids.get(keys[t]) == pid for t in members):
+                names.append(f"pid {pid}")
+            else:
+                tids = sorted((keys[t] for t in members), key=_tid_order)
+                names.append(f"threads {tids[0]}" + (f"..{tids[-1]}" if len(tids) > 1 else ""))
+        faults = np.bincount(group_of[thread[is_fault]], minlength=len(groups))
+        if want is not None:
+            chosen = next(
+                (
+                    g
+                    for g, members in enumerate(groups)
+                    if any(self._pids.get(keys[t]) == want or keys[t] == want for t in members)
+                ),
+                None,
+            )
+            if chosen is None:
+                raise KvmcacheError(
+                    f"--vm {want}: no VMM process or thread {want} in the recording (VMs: "
+                    + ", ".join(names)
+                    + ")"
+                )
+        else:
+            chosen = int(np.argmax(faults)) if len(faults) else 0
+        st.vms = [
+            f"{names[g]}: {int(faults[g])} fault(s)" + (", imported" if g == chosen else "")
+            for g in range(len(groups))
+        ]
+        self._vm_threads = set(groups[chosen])
+        if len(groups) > 1:
+            why = f"--vm {want}" if want is not None else "most faults"
+            st.warnings.append(
+                f"the recording holds {len(groups)} VMs (distinct VMM processes); imported "
+                f"{names[chosen]} ({why}); --vm PID imports another"
+            )
+        return group_of[thread] == chosen
+
+    def _gaps(self, ts: np.ndarray) -> np.ndarray:
+        """Warn about gaps between events far beyond the rest of the recording (glued
+        snippets); with --max-gap, cut every longer gap down to it (docs/import.md, 5)."""
+        st = self.stats
+        if len(ts) < 3:
+            return ts
+        d = np.diff(ts)
+        positive = d[d > 0]
+        typical = int(np.median(positive)) if len(positive) else 0
+        limit = max(GAP_MIN_NS, GAP_FACTOR * typical)
+        far = d > np.uint64(limit)
+        n_far = int(np.count_nonzero(far))
+        max_gap = self.options.max_gap
+        if n_far and max_gap is None:
+            i = int(np.argmax(d))
+            st.warnings.append(
+                f"{n_far} gap(s) between events far beyond the rest of the recording (the "
+                f"longest {_seconds(int(d[i]))} after ts {int(ts[i])} ns; the median gap is "
+                f"{_seconds(typical)}): glued recordings? --max-gap cuts them for the idle "
+                "accounting"
+            )
+        if max_gap is None:
+            return ts
+        excess = np.where(d > np.uint64(max_gap), d - np.uint64(max_gap), np.uint64(0))
+        cut = int(np.count_nonzero(excess))
+        if not cut:
+            return ts
+        out = ts.copy()
+        out[1:] -= np.cumsum(excess, dtype=np.uint64)
+        st.gaps_cut = (cut, int(excess.sum(dtype=np.uint64)))
+        return out
 
     def _mmio_record(self, reader: LineReader, lineno: int, event: str, text: str) -> None:
         """A kvm_mmio / mark_mmio_spte / handle_mmio_page_fault record: its gfn is MMIO."""
@@ -835,6 +977,11 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+#: A gap between consecutive events is "far beyond the rest" when it is longer than this many
+#: times the median gap and longer than GAP_MIN_NS.
+GAP_FACTOR = 1000
+GAP_MIN_NS = 10 * 10**9
+
 #: Events at or above this gfn (1 TiB) are far above any RAM: the summary says so.
 FAR_GFN = 1 << 28
 
@@ -857,6 +1004,18 @@ def _rsvd_fault(f: list[str], i: int) -> bool:
         return bool(int(f[i + 3], 16) & _PFERR_RSVD)
     except ValueError:
         return False
+
+
+def _tid_order(key: str) -> tuple[int, str]:
+    return (int(key), "") if key.isdigit() else (1 << 62, key)
+
+
+def _seconds(ns: int) -> str:
+    """``ns`` as seconds (or minutes, hours, days when longer), for messages."""
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if ns >= 2 * size * 10**9:
+            return f"{ns / (size * 10**9):.1f} {unit}"
+    return f"{ns / 1e9:.6f} s"
 
 
 def _count_name(counts: dict[str, int], event: str | None) -> None:
