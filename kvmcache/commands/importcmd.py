@@ -16,7 +16,7 @@ from kvmcache.errors import KvmcacheError
 from kvmcache.trace import import_sidecar_path
 from kvmcache.trace.binary import BinaryWriter
 from kvmcache.trace.importers.mapping import PFN_MAPS, ImportOptions, ImportStats, parse_size
-from kvmcache.trace.importers.sources import import_paths
+from kvmcache.trace.importers.sources import import_paths_stream
 from kvmcache.trace.importers.text import FORMATS, SKIP_OTHER_VM, SKIP_REASONS
 
 PAGE_SIZE = 4096
@@ -256,13 +256,14 @@ def command(
     side = import_sidecar_path(output)
     if not in_place and os.path.lexists(side) and not force:
         raise KvmcacheError(f"{side}: already exists; use --force to overwrite it")
-    header, events, stats = import_paths(inputs, options)
+    header, chunks, stats = import_paths_stream(inputs, options)
     with BinaryWriter(output, header) as writer:
-        writer.write(events)
+        for chunk in chunks:
+            writer.write(chunk)
     if not in_place:
         _write_sidecar(side, stats)
     line = (
-        f"wrote {output}: {len(events)} events, vm {header.vm_type}, root level "
+        f"wrote {output}: {writer.count} events, vm {header.vm_type}, root level "
         f"{header.root_level}, gfn_limit 0x{header.gfn_limit:x}, "
         f"host_pfn_limit 0x{header.host_pfn_limit:x}"
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import binascii
 import itertools
 import re
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -212,6 +213,9 @@ class Importer:
         self._multi: set[int] = set()  # threads seen with more than one vCPU number
         self._cols: tuple[list[int], ...] = tuple([] for _ in range(9))
         self._blocks: list[tuple[np.ndarray, ...]] = []
+        self._held = 0  # events in _blocks
+        self._runs = _Runs()
+        self._random_max = lambda host: -1
         self._seen_mmu = False
         self._mmio_gfns: set[int] = set()  # gfns the recording shows as MMIO
         self._pids: dict[str, str] = {}  # thread key -> process id (TGID / PID), when shown
@@ -545,81 +549,108 @@ class Importer:
                 np.array(line_l, dtype=np.int64),
             )
         )
+        self._held += len(ts_l)
         for col in self._cols:
             col.clear()
+        self._spill()
+
+    def _spill(self, final: bool = False) -> None:
+        """Move the blocks held to a run (sorted by time; a temporary file unless ``final``)
+        once they hold SPILL_EVENTS events, or at the end (``final``)."""
+        if not self._blocks or (not final and self._held < SPILL_EVENTS):
+            return
+        rows = np.empty(self._held, dtype=RUN_DTYPE)
+        for name, parts in zip(_BLOCK_FIELDS, zip(*self._blocks, strict=True), strict=True):
+            rows[name] = np.concatenate(parts)
+        self._blocks = []
+        self._held = 0
+        self._runs.add(rows, in_memory=final)
 
     # --- building the trace -------------------------------------------------------------
 
     def finish(self) -> tuple[TraceHeader, np.ndarray, ImportStats]:
-        """Apply the mapping rules to everything fed so far and build the trace."""
+        """Apply the mapping rules to everything fed so far and build the trace in memory
+        (:meth:`finish_stream` gives it chunk by chunk in bounded memory)."""
+        header, chunks, st = self.finish_stream()
+        parts = list(chunks)
+        events = np.concatenate(parts) if parts else np.zeros(0, dtype=EVENT_DTYPE)
+        return header, events, st
+
+    def finish_stream(self) -> tuple[TraceHeader, Iterator[np.ndarray], ImportStats]:
+        """Apply the mapping rules to everything fed so far: (header, the events in time
+        order as EVENT_DTYPE chunks, stats). Reading the chunks finishes the stats (the gap
+        warning, the time taken); memory stays bounded (docs/import.md, section 7)."""
         o = self.options
         st = self.stats
         self._flush_block()
-        if self._blocks:
-            cols = [np.concatenate(parts) for parts in zip(*self._blocks, strict=True)]
-        else:
-            cols = [
-                np.zeros(0, dtype=d)
-                for d in (
-                    np.uint64,
-                    np.uint8,
-                    np.uint64,
-                    np.uint64,
-                    np.uint8,
-                    np.int64,
-                    np.int64,
-                    np.int32,
-                    np.int64,
-                )
-            ]
-        ts, kind, gfn, pfn, level, vcpu, thread, src, line = cols
+        self._spill(final=True)
+        runs = self._runs
+        n_threads = len(self._t_label) + 1
 
         # 1. The fault source: kvm_mmu_spte_requested when the recording has any, otherwise
         #    kvm_page_fault (whatever other kvmmmu events are present).
         fallback = self._spte_req == 0
         st.faults_why = self._fault_source_reason(fallback)
+        per_kind = np.zeros((5, n_threads), dtype=np.int64)  # kind -> thread -> rows
+        for chunk in runs.scan():
+            per_kind += np.bincount(
+                chunk["kind"].astype(np.int64) * n_threads + chunk["thread"],
+                minlength=5 * n_threads,
+            ).reshape(5, n_threads)
         if fallback:
             st.faults_from = "kvm_page_fault"
             st.event_lines += self._pf_with_vcpu + self._pf_without_vcpu
-            keep = kind == K_PF
+            kinds = (K_PF,)
+            # The faults are synthetic 4 KiB pages: the real mapping's unmaps and splits are
+            # not imported with them.
+            for k, name in ((K_UNMAP, "kvm_tdp_mmu_spte_changed"), (K_SPLIT, _SPLIT_NAME)):
+                n = int(per_kind[k].sum())
+                if n:
+                    st.event_lines -= n
+                    st.no_event[name] = st.no_event.get(name, 0) + n
         else:
             st.vcpu_lines += self._pf_with_vcpu
             if self._pf_without_vcpu:
                 st.no_event["kvm_page_fault"] = (
                     st.no_event.get("kvm_page_fault", 0) + self._pf_without_vcpu
                 )
-            keep = kind != K_PF
-        if not keep.all():
-            ts, kind, gfn, pfn, level, vcpu, thread, src, line = (c[keep] for c in cols)
-        is_fault = (kind == K_FAULT) | (kind == K_PF)
+            kinds = (K_FAULT, K_UNMAP, K_SPLIT)
+        fault_kind = K_PF if fallback else K_FAULT
+        kind_ok = np.zeros(5, dtype=bool)
+        kind_ok[list(kinds)] = True
 
         # 1b. Several VMM processes: one VM is imported (docs/import.md, section 4).
-        mine = self._choose_vm(thread, is_fault)
-        if mine is not None and not mine.all():
-            other = int(np.count_nonzero(~mine))
-            st.event_lines -= other
-            st.skipped[SKIP_OTHER_VM] = st.skipped.get(SKIP_OTHER_VM, 0) + other
-            ts, kind, gfn, pfn, level, vcpu, thread, src, line, is_fault = (
-                c[mine] for c in (ts, kind, gfn, pfn, level, vcpu, thread, src, line, is_fault)
-            )
+        thread_ok = self._choose_vm(per_kind[fault_kind])
+        if thread_ok is None:
+            thread_ok = np.ones(n_threads, dtype=bool)
+        else:
+            other = int(per_kind[list(kinds)][:, ~thread_ok].sum())
+            if other:
+                st.event_lines -= other
+                st.skipped[SKIP_OTHER_VM] = st.skipped.get(SKIP_OTHER_VM, 0) + other
+
+        def kept(chunk: np.ndarray) -> np.ndarray:
+            mask = kind_ok[chunk["kind"]] & thread_ok[chunk["thread"]]
+            return chunk if mask.all() else chunk[mask]
 
         # 2. vCPUs: the thread's vCPU at the time of the event; else the first one the thread
         #    shows later; else the next free index, in order of the threads' first appearance.
-        t_first = np.array(self._t_first, dtype=np.int64)
-        unresolved = is_fault & (vcpu < 0)
+        unresolved_threads: set[int] = set()
+        for chunk in runs.scan():
+            c = kept(chunk)
+            bad = (c["kind"] == fault_kind) & (c["vcpu"] < 0)
+            if bad.any():
+                unresolved_threads.update(np.unique(c["thread"][bad]).tolist())
+        resolve = np.array(self._t_first + [-1], dtype=np.int64)
         assigned: dict[int, int] = {}
-        if unresolved.any():
-            resolve = t_first.copy()
-            used = set(self._learned)
-            free = 0
-            for t in np.unique(thread[unresolved]).tolist():
-                if resolve[t] < 0:
-                    while free in used:
-                        free += 1
-                    resolve[t] = assigned[t] = free
-                    used.add(free)
-            vcpu[unresolved] = resolve[thread[unresolved]]
-        vcpu[~is_fault] = 0
+        used = set(self._learned)
+        free = 0
+        for t in sorted(unresolved_threads):
+            if resolve[t] < 0:
+                while free in used:
+                    free += 1
+                resolve[t] = assigned[t] = free
+                used.add(free)
         for t, label in enumerate(self._t_label):
             if self._vm_threads is not None and t not in self._vm_threads:
                 continue
@@ -632,109 +663,96 @@ class Importer:
                 f"{len(self._multi)} thread(s) showed more than one vCPU number ({names}); "
                 "each event takes the thread's vCPU at its time, the sidecar map the first"
             )
-        if len(vcpu) and int(vcpu.max(initial=0)) >= MAX_VCPUS:
-            raise KvmcacheError(f"more than {MAX_VCPUS} vCPUs: cannot number them")
 
-        # 3. Private vs shared.
-        flags = np.zeros(len(ts), dtype=np.uint16)
-        vm_type = o.vm_type
-        if o.shared_bit is not None:
-            bit = np.uint64(1 << (o.shared_bit - PAGE_SHIFT))
-            shared = (gfn & bit) != 0
-            gfn = gfn & ~bit
-            if vm_type == "tdx":
-                flags[~shared] = FLAG_PRIVATE
-        elif o.as_tdx and vm_type == "tdx":
-            flags[:] = FLAG_PRIVATE
-            mmio = self._mmio_mask(gfn)
-            flags[mmio] = 0
-            st.mmio_shared = int(np.count_nonzero(mmio & is_fault))
+        # 3. Guest size and host size, limits, counts (one pass; the events are not in time
+        #    order yet, which none of these need).
+        def random_max(host: int) -> int:
+            top = -1
+            for chunk in runs.scan():
+                c = self._prepared(kept(chunk), fault_kind)
+                g = c["gfn"][c["kind"] == K_PF]
+                if len(g):
+                    pfn = splitmix64(g ^ np.uint64(RANDOM_SEED)) % np.uint64(host)
+                    top = max(top, int(pfn.max()))
+            return top
 
-        # 4. Time order: stable, so records with equal timestamps keep their input order.
-        order = np.argsort(ts, kind="stable")
-        ts, kind, gfn, pfn, level, vcpu, thread, src, line, flags = (
-            c[order] for c in (ts, kind, gfn, pfn, level, vcpu, thread, src, line, flags)
-        )
-        is_fault = is_fault[order]
-        ts = self._gaps(ts)
-
-        # 5. Guest size, then synthetic pfns for faults taken from kvm_page_fault.
-        span = np.left_shift(
-            np.uint64(1), (np.maximum(level, 1).astype(np.uint64) - 1) * np.uint64(9)
-        )
-        span[kind == K_SPLIT] = 512
-        if o.gfn_limit is not None:
-            gfn_limit = o.gfn_limit
-            self._check_limit(
-                gfn >= np.uint64(gfn_limit),
-                gfn,
-                src,
-                line,
-                kind,
-                f"is beyond --guest-memory (gfn_limit 0x{gfn_limit:x})",
-                "gfn",
-            )
-        else:
-            self._check_limit(
-                gfn >= MAX_FRAME, gfn, src, line, kind, "is beyond what a trace can hold", "gfn"
-            )
-            last = (gfn & ~(span - np.uint64(1))) + span - np.uint64(1) if len(gfn) else gfn
-            gfn_limit = _round_limit(int(last.max()) + 1 if len(last) else 0)
-        self._far_warnings(gfn, kind)
-        pf = kind == K_PF
-        if pf.any():
-            pfn[pf] = self._synthetic_pfns(gfn[pf], gfn_limit, src[pf], line[pf])
-        if o.host_pfn_limit is not None:
-            host_pfn_limit = o.host_pfn_limit
-            self._check_limit(
-                is_fault & (pfn >= np.uint64(host_pfn_limit)),
-                pfn,
-                src,
-                line,
-                kind,
-                f"is beyond --host-memory (host_pfn_limit 0x{host_pfn_limit:x})",
-                "pfn",
-            )
-        else:
-            self._check_limit(
-                is_fault & (pfn >= MAX_FRAME),
-                pfn,
-                src,
-                line,
-                kind,
-                "is beyond what a trace can hold",
-                "pfn",
-            )
-            fp = pfn[is_fault] + span[is_fault] - np.uint64(1)
-            host_pfn_limit = _round_limit(int(fp.max()) + 1 if len(fp) else 0)
-
-        events = np.zeros(len(ts), dtype=EVENT_DTYPE)
-        op = _KIND_OP[kind]
-        events["ts"] = ts
-        events["gfn"] = gfn
-        events["pfn"] = np.where(is_fault, pfn, np.uint64(0))
-        events["vcpu"] = vcpu.astype(np.uint32)
-        events["op"] = op
-        events["level"] = np.where(kind == K_SPLIT, LEVEL_2M, level)
-        events["flags"] = flags
-        counts = np.bincount(op, minlength=8)
+        self._random_max = random_max
+        tally = _Tally(self, fault_kind)
+        for chunk in runs.scan():
+            tally.add(self._prepared(kept(chunk), fault_kind))
+        gfn_limit, host_pfn_limit = tally.limits()
+        counts = tally.ops
         st.events = {OP_NAMES[c]: int(counts[c]) for c in (OP_FAULT, OP_UNMAP, OP_SPLIT)}
+        tally.far_warnings()
         header = TraceHeader(
-            vm_type=vm_type,
+            vm_type=o.vm_type,
             root_level=o.root_level,
             gfn_limit=gfn_limit,
             host_pfn_limit=host_pfn_limit,
-            count=len(events),
+            count=int(counts.sum()),
         )
-        if not counts[OP_FAULT]:
-            st.warnings.append(self._empty_warning())
-        if st.lost_markers:
-            st.warnings.append(
-                f"the recording reports lost events on {st.lost_markers} occasion(s): "
-                "the trace is incomplete"
-            )
-        st.seconds = time.perf_counter() - self._t0
-        return header, events, st
+
+        # 4. Time order (runs merged: stable, so records with equal timestamps keep their
+        #    input order), then each chunk's vCPUs, flags, pfns and gaps.
+        def events() -> Iterator[np.ndarray]:
+            pfns = _PfnMap(self, gfn_limit)
+            gaps = _Gaps(o.max_gap)
+            for chunk in runs.merged(kept):
+                c = self._prepared(chunk, fault_kind)
+                is_fault = c["kind"] == fault_kind
+                vcpu = c["vcpu"]
+                todo = is_fault & (vcpu < 0)
+                if todo.any():
+                    vcpu[todo] = resolve[c["thread"][todo]]
+                vcpu[~is_fault] = 0
+                if len(vcpu) and int(vcpu.max(initial=0)) >= MAX_VCPUS:
+                    raise KvmcacheError(f"more than {MAX_VCPUS} vCPUs: cannot number them")
+                out = np.zeros(len(c), dtype=EVENT_DTYPE)
+                out["ts"] = gaps.cut(c["ts"])
+                out["gfn"] = c["gfn"]
+                pfn = np.where(is_fault, c["pfn"], np.uint64(0))
+                pf = c["kind"] == K_PF
+                if pf.any():
+                    pfn[pf] = pfns.map(c["gfn"][pf], c["src"][pf], c["line"][pf])
+                out["pfn"] = pfn
+                out["vcpu"] = vcpu.astype(np.uint32)
+                out["op"] = _KIND_OP[c["kind"]]
+                out["level"] = np.where(c["kind"] == K_SPLIT, LEVEL_2M, c["level"])
+                out["flags"] = c["flags"]
+                yield out
+            gaps.finish(st)
+            if not counts[OP_FAULT]:
+                st.warnings.append(self._empty_warning())
+            if st.lost_markers:
+                st.warnings.append(
+                    f"the recording reports lost events on {st.lost_markers} occasion(s): "
+                    "the trace is incomplete"
+                )
+            st.seconds = time.perf_counter() - self._t0
+            runs.close()
+
+        return header, events(), st
+
+    def _prepared(self, c: np.ndarray, fault_kind: int) -> np.ndarray:
+        """Kept rows with the private/shared rules applied: a copy with the shared bit
+        stripped from ``gfn`` and ``flags`` set (docs/import.md, section 5)."""
+        o = self.options
+        out = np.empty(len(c), dtype=_PREP_DTYPE)
+        for name in RUN_DTYPE.names:
+            out[name] = c[name]
+        flags = np.zeros(len(c), dtype=np.uint16)
+        gfn = c["gfn"]
+        if o.shared_bit is not None:
+            bit = np.uint64(1 << (o.shared_bit - PAGE_SHIFT))
+            shared = (gfn & bit) != 0
+            out["gfn"] = gfn & ~bit
+            if o.vm_type == "tdx":
+                flags[~shared] = FLAG_PRIVATE
+        elif o.as_tdx and o.vm_type == "tdx":
+            flags[:] = FLAG_PRIVATE
+            flags[self._mmio_mask(gfn)] = 0
+        out["flags"] = flags
+        return out
 
     def _vm_groups(self) -> list[list[int]]:
         """The threads grouped by VMM process: by TGID / PID where the recording shows two or
@@ -773,9 +791,10 @@ class Importer:
         groups.append(cur)
         return groups
 
-    def _choose_vm(self, thread: np.ndarray, is_fault: np.ndarray) -> np.ndarray | None:
-        """The events of the VM to import (--vm PID, else the one with most faults), or
-        None when the recording holds one VM; lists the VMs in the summary."""
+    def _choose_vm(self, thread_faults: np.ndarray) -> np.ndarray | None:
+        """Which threads are of the VM to import (--vm PID, else the one with most faults;
+        ``thread_faults``: faults per thread), or None when the recording holds one VM;
+        lists the VMs in the summary."""
         st = self.stats
         want = self.options.vm_process
         groups = self._vm_groups()
@@ -792,7 +811,8 @@ class Importer:
             else:
                 tids = sorted((keys[t] for t in members), key=_tid_order)
                 names.append(f"threads {tids[0]}" + (f"..{tids[-1]}" if len(tids) > 1 else ""))
-        faults = np.bincount(group_of[thread[is_fault]], minlength=len(groups))
+        faults = np.bincount(group_of, weights=thread_faults, minlength=len(groups))
+        faults = faults.astype(np.int64)
         if want is not None:
             chosen = next(
                 (
@@ -821,39 +841,7 @@ class Importer:
                 f"the recording holds {len(groups)} VMs (distinct VMM processes); imported "
                 f"{names[chosen]} ({why}); --vm PID imports another"
             )
-        return group_of[thread] == chosen
-
-    def _gaps(self, ts: np.ndarray) -> np.ndarray:
-        """Warn about gaps between events far beyond the rest of the recording (glued
-        snippets); with --max-gap, cut every longer gap down to it (docs/import.md, 5)."""
-        st = self.stats
-        if len(ts) < 3:
-            return ts
-        d = np.diff(ts)
-        positive = d[d > 0]
-        typical = int(np.median(positive)) if len(positive) else 0
-        limit = max(GAP_MIN_NS, GAP_FACTOR * typical)
-        far = d > np.uint64(limit)
-        n_far = int(np.count_nonzero(far))
-        max_gap = self.options.max_gap
-        if n_far and max_gap is None:
-            i = int(np.argmax(d))
-            st.warnings.append(
-                f"{n_far} gap(s) between events far beyond the rest of the recording (the "
-                f"longest {_seconds(int(d[i]))} after ts {int(ts[i])} ns; the median gap is "
-                f"{_seconds(typical)}): glued recordings? --max-gap cuts them for the idle "
-                "accounting"
-            )
-        if max_gap is None:
-            return ts
-        excess = np.where(d > np.uint64(max_gap), d - np.uint64(max_gap), np.uint64(0))
-        cut = int(np.count_nonzero(excess))
-        if not cut:
-            return ts
-        out = ts.copy()
-        out[1:] -= np.cumsum(excess, dtype=np.uint64)
-        st.gaps_cut = (cut, int(excess.sum(dtype=np.uint64)))
-        return out
+        return group_of == chosen
 
     def _mmio_record(self, reader: LineReader, lineno: int, event: str, text: str) -> None:
         """A kvm_mmio / mark_mmio_spte / handle_mmio_page_fault record: its gfn is MMIO."""
@@ -899,33 +887,6 @@ class Importer:
             "the vCPU numbers)"
         )
 
-    def _far_warnings(self, gfn: np.ndarray, kind: np.ndarray) -> None:
-        """Warn about guest physical addresses far above RAM (docs/import.md, section 5):
-        they are imported (gfn_limit covers them), but the user should know."""
-        st = self.stats
-        far = gfn >= np.uint64(FAR_GFN)
-        n_far = int(np.count_nonzero(far))
-        if not n_far:
-            return
-        top = int(gfn.max()) << PAGE_SHIFT
-        near = gfn[~far]
-        below = f", the others below 0x{int(near.max()) + 1 << PAGE_SHIFT:x}" if len(near) else ""
-        hint = ""
-        if bool((kind[far] == K_PF).any()) and self.options.pfn_map == "identity":
-            hint = "; --pfn-map hugepage keeps the host memory of the model small"
-        st.warnings.append(
-            f"{n_far} event(s) at guest physical addresses of 1 TiB or more (up to 0x{top:x}"
-            f"{below}): imported, and gfn_limit covers them{hint}"
-        )
-        reach = 9 * self.options.root_level  # gfn bits the TDP root maps
-        beyond = int(np.count_nonzero(gfn >> np.uint64(reach)))
-        if beyond:
-            st.warnings.append(
-                f"{beyond} event(s) at guest physical addresses of 2**{reach + PAGE_SHIFT} or "
-                f"more, beyond what {self.options.root_level}-level TDP maps"
-                + ("; use --root-level 5" if self.options.root_level == 4 else "")
-            )
-
     def _fault_source_reason(self, fallback: bool) -> str:
         """Why the faults come from the source chosen (docs/import.md, section 3)."""
         if not fallback:
@@ -934,39 +895,378 @@ class Importer:
             return "the recording has kvmmmu events but no kvm_mmu_spte_requested"
         return "the recording has no kvm_mmu_spte_requested"
 
-    def _synthetic_pfns(
-        self, gfn: np.ndarray, gfn_limit: int, src: np.ndarray, line: np.ndarray
-    ) -> np.ndarray:
-        """Host pfns for faults from kvm_page_fault, by --pfn-map (docs/import.md)."""
-        o = self.options
-        if o.pfn_map == "identity":
-            return gfn.copy()
-        if o.pfn_map == "hugepage":
-            region = gfn >> np.uint64(9)
-            uniq, first, inverse = np.unique(region, return_index=True, return_inverse=True)
-            rank = np.empty(len(uniq), dtype=np.uint64)
-            rank[np.argsort(first, kind="stable")] = np.arange(len(uniq), dtype=np.uint64)
-            host_region = rank[inverse.reshape(-1)]
-            if o.host_pfn_limit is not None and len(uniq) > o.host_pfn_limit // 512:
-                i = int(np.argmax(host_region >= np.uint64(o.host_pfn_limit // 512)))
-                raise KvmcacheError(
-                    f"{self.stats.sources[int(src[i])]}:{int(line[i])}: --pfn-map hugepage needs "
-                    f"more than the {o.host_pfn_limit // 512} host 2 MiB regions of --host-memory"
-                )
-            return (host_region << np.uint64(9)) | (gfn & np.uint64(511))
-        host = o.host_pfn_limit if o.host_pfn_limit is not None else RANDOM_HOST_FACTOR * gfn_limit
-        return splitmix64(gfn ^ np.uint64(RANDOM_SEED)) % np.uint64(host)
+    def _random_pfn_max(self, host: int) -> int:
+        """The highest `--pfn-map random` pfn of the faults kept (set by finish_stream)."""
+        return self._random_max(host)
 
-    def _check_limit(self, bad, values, src, line, kind, problem: str, field_name: str) -> None:
+
+#: The rows of a run (events as read, before the finishing rules), and of a prepared chunk.
+RUN_DTYPE = np.dtype(
+    [
+        ("ts", "<u8"),
+        ("gfn", "<u8"),
+        ("pfn", "<u8"),
+        ("line", "<i8"),
+        ("vcpu", "<i8"),
+        ("thread", "<i8"),
+        ("src", "<i4"),
+        ("kind", "u1"),
+        ("level", "u1"),
+    ]
+)
+_PREP_DTYPE = np.dtype(RUN_DTYPE.descr + [("flags", "<u2")])
+#: Read events beyond this many are sorted and moved to a temporary file (a run); the runs
+#: are merged by time when the trace is written. Memory stays bounded whatever the input.
+SPILL_EVENTS = 1 << 20
+#: Rows read at a time from the runs (shared among the runs while they are merged).
+SCAN_ROWS = 1 << 18
+_SPLIT_NAME = "kvm_mmu_split_huge_page"
+
+
+class _Runs:
+    """Events as read, in runs sorted by time: each in memory or in a temporary file."""
+
+    def __init__(self) -> None:
+        self._runs: list[tuple[np.ndarray | None, BinaryIO | None, int]] = []
+
+    def add(self, rows: np.ndarray, in_memory: bool) -> None:
+        """Add ``rows`` (RUN_DTYPE, in input order) as a run, stably sorted by time."""
+        rows = rows[np.argsort(rows["ts"], kind="stable")]
+        if in_memory:
+            self._runs.append((rows, None, len(rows)))
+            return
+        f = tempfile.TemporaryFile(prefix="kvmcache-import-")
+        try:
+            rows.tofile(f)
+        except OSError as e:
+            f.close()
+            raise KvmcacheError(f"cannot write a temporary file: {e.strerror or e}") from None
+        self._runs.append((None, f, len(rows)))  # type: ignore[arg-type]
+
+    @property
+    def spilled(self) -> bool:
+        return any(f is not None for _, f, _ in self._runs)
+
+    def _read(self, i: int, start: int, count: int) -> np.ndarray:
+        rows, f, n = self._runs[i]
+        count = min(count, n - start)
+        if rows is not None:
+            return rows[start : start + count]
+        assert f is not None
+        f.seek(start * RUN_DTYPE.itemsize)
+        return np.fromfile(f, dtype=RUN_DTYPE, count=count)
+
+    def scan(self) -> Iterator[np.ndarray]:
+        """Every row, run after run, in chunks (not in time order across runs)."""
+        for i, (_, _, n) in enumerate(self._runs):
+            for start in range(0, n, SCAN_ROWS):
+                yield self._read(i, start, SCAN_ROWS)
+
+    def merged(self, kept) -> Iterator[np.ndarray]:
+        """``kept(chunk)`` of every row in time order: equal timestamps keep input order
+        (run order, then order within the run)."""
+        if len(self._runs) == 1:
+            for chunk in self.scan():
+                c = kept(chunk)
+                if len(c):
+                    yield c
+            return
+        k = len(self._runs)
+        step = max(4096, SCAN_ROWS // max(k, 1))
+        ends = [0] * k
+        bufs = [np.zeros(0, dtype=RUN_DTYPE)] * k
+
+        def refill(i: int) -> None:
+            more = self._read(i, ends[i], step)
+            ends[i] += len(more)
+            bufs[i] = np.concatenate((bufs[i], more)) if len(bufs[i]) else more
+
+        for i in range(k):
+            refill(i)
+        while True:
+            open_runs = [i for i in range(k) if ends[i] < self._runs[i][2]]
+            if not open_runs and not any(len(b) for b in bufs):
+                return
+            for i in open_runs:
+                if not len(bufs[i]):
+                    refill(i)
+            # Rows not read yet are at or after the last row read of their run.
+            limit = min((int(bufs[i]["ts"][-1]) for i in open_runs), default=None)
+            parts = []
+            for i in range(k):
+                b = bufs[i]
+                cut = len(b) if limit is None else int(np.searchsorted(b["ts"], limit, "left"))
+                if cut:
+                    parts.append(b[:cut])
+                    bufs[i] = b[cut:]
+            if not parts:  # every row held is at the limit: read on where it stands
+                for i in open_runs:
+                    if int(bufs[i]["ts"][-1]) == limit:
+                        refill(i)
+                continue
+            out = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            out = out[np.argsort(out["ts"], kind="stable")]
+            c = kept(out)
+            if len(c):
+                yield c
+
+    def close(self) -> None:
+        for _, f, _ in self._runs:
+            if f is not None:
+                f.close()
+        self._runs = []
+
+
+class _Tally:
+    """One pass over the kept rows (any order): sizes, limit checks and counts."""
+
+    def __init__(self, imp: Importer, fault_kind: int) -> None:
+        self.imp = imp
+        self.o = imp.options
+        self.fault_kind = fault_kind
+        self.ops = np.zeros(8, dtype=np.int64)
+        self.gfn_last = -1  # highest gfn covered
+        self.pfn_last = -1  # highest host pfn covered (real pfns, identity-mapped gfns)
+        self.bad: dict[str, tuple] = {}  # problem -> (src, line, value, kind)
+        self.regions = np.zeros(0, dtype=np.uint64)  # --pfn-map hugepage: 2 MiB regions
+        self.pf_gfns = False
+        self.far = 0
+        self.far_top = 0
+        self.far_pf = False
+        self.near_top = -1
+        self.beyond = 0
+        self.mmio = 0
+
+    def _first_bad(self, key: str, bad: np.ndarray, c: np.ndarray, values: np.ndarray) -> None:
         if not bad.any():
             return
         idx = np.flatnonzero(bad)
-        first = idx[np.lexsort((line[idx], src[idx]))[0]]
-        what = OP_NAMES[int(_KIND_OP[kind[first]])]
-        raise KvmcacheError(
-            f"{self.stats.sources[int(src[first])]}:{int(line[first])}: {what} {field_name} "
-            f"0x{int(values[first]):x} {problem}"
+        i = idx[np.lexsort((c["line"][idx], c["src"][idx]))[0]]
+        cand = (int(c["src"][i]), int(c["line"][i]), int(values[i]), int(c["kind"][i]))
+        if key not in self.bad or cand[:2] < self.bad[key][:2]:
+            self.bad[key] = cand
+
+    def add(self, c: np.ndarray) -> None:
+        o = self.o
+        if not len(c):
+            return
+        kind, gfn, level = c["kind"], c["gfn"], c["level"]
+        self.ops += np.bincount(_KIND_OP[kind], minlength=8)[:8]
+        is_fault = kind == self.fault_kind
+        span = np.left_shift(
+            np.uint64(1), (np.maximum(level, 1).astype(np.uint64) - 1) * np.uint64(9)
         )
+        span[kind == K_SPLIT] = 512
+        if o.gfn_limit is not None:
+            self._first_bad("gfn_limit", gfn >= np.uint64(o.gfn_limit), c, gfn)
+        else:
+            self._first_bad("gfn_max", gfn >= MAX_FRAME, c, gfn)
+            last = (gfn & ~(span - np.uint64(1))) + span - np.uint64(1)
+            self.gfn_last = max(self.gfn_last, int(last.max()))
+        far = gfn >= np.uint64(FAR_GFN)
+        n_far = int(np.count_nonzero(far))
+        if n_far:
+            self.far += n_far
+            self.far_top = max(self.far_top, int(gfn.max()))
+            self.far_pf = self.far_pf or bool((kind[far] == K_PF).any())
+            reach = 9 * o.root_level
+            self.beyond += int(np.count_nonzero(gfn >> np.uint64(reach)))
+        if n_far < len(gfn):
+            self.near_top = max(self.near_top, int(gfn[~far].max()))
+        if o.as_tdx and o.vm_type == "tdx":
+            self.mmio += int(np.count_nonzero(is_fault & (c["flags"] == 0)))
+        pf = kind == K_PF
+        if pf.any():
+            self.pf_gfns = True
+            if o.pfn_map == "identity":
+                self._pfn_checks(c[pf], gfn[pf], np.ones(int(pf.sum()), dtype=np.uint64))
+            elif o.pfn_map == "hugepage":
+                self.regions = np.union1d(self.regions, gfn[pf] >> np.uint64(9))
+        real = kind == K_FAULT
+        if real.any():
+            self._pfn_checks(c[real], c["pfn"][real], span[real])
+
+    def _pfn_checks(self, c: np.ndarray, pfn: np.ndarray, span: np.ndarray) -> None:
+        o = self.o
+        if o.host_pfn_limit is not None:
+            self._first_bad("host_limit", pfn >= np.uint64(o.host_pfn_limit), c, pfn)
+        else:
+            self._first_bad("host_max", pfn >= MAX_FRAME, c, pfn)
+            self.pfn_last = max(self.pfn_last, int((pfn + span - np.uint64(1)).max()))
+
+    def limits(self) -> tuple[int, int]:
+        """(gfn_limit, host_pfn_limit), or the error of the first event beyond a limit."""
+        o = self.o
+        for key, problem, what in (
+            ("gfn_limit", f"is beyond --guest-memory (gfn_limit 0x{o.gfn_limit or 0:x})", "gfn"),
+            ("gfn_max", "is beyond what a trace can hold", "gfn"),
+        ):
+            self._raise(key, problem, what)
+        gfn_limit = o.gfn_limit if o.gfn_limit is not None else _round_limit(self.gfn_last + 1)
+        for key, problem in (
+            ("host_limit", f"is beyond --host-memory (host_pfn_limit 0x{o.host_pfn_limit or 0:x})"),
+            ("host_max", "is beyond what a trace can hold"),
+        ):
+            self._raise(key, problem, "pfn")
+        if o.host_pfn_limit is not None:
+            return gfn_limit, o.host_pfn_limit
+        last = self.pfn_last
+        if o.pfn_map == "hugepage" and len(self.regions):
+            last = max(last, len(self.regions) * 512 - 1)
+        elif o.pfn_map == "random" and self.pf_gfns:
+            last = max(last, self.imp._random_pfn_max(RANDOM_HOST_FACTOR * gfn_limit))
+        return gfn_limit, _round_limit(last + 1)
+
+    def _raise(self, key: str, problem: str, what: str) -> None:
+        if key in self.bad:
+            src, line, value, kind = self.bad[key]
+            op = OP_NAMES[int(_KIND_OP[kind])]
+            raise KvmcacheError(
+                f"{self.imp.stats.sources[src]}:{line}: {op} {what} 0x{value:x} {problem}"
+            )
+
+    def far_warnings(self) -> None:
+        """Warn about guest physical addresses far above RAM (docs/import.md, section 5):
+        they are imported (gfn_limit covers them), but the user should know."""
+        st = self.imp.stats
+        st.mmio_shared = self.mmio
+        if not self.far:
+            return
+        below = (
+            f", the others below 0x{self.near_top + 1 << PAGE_SHIFT:x}"
+            if self.near_top >= 0
+            else ""
+        )
+        hint = ""
+        if self.far_pf and self.o.pfn_map == "identity":
+            hint = "; --pfn-map hugepage keeps the host memory of the model small"
+        st.warnings.append(
+            f"{self.far} event(s) at guest physical addresses of 1 TiB or more (up to "
+            f"0x{self.far_top << PAGE_SHIFT:x}{below}): imported, and gfn_limit covers them{hint}"
+        )
+        if self.beyond:
+            reach = 9 * self.o.root_level
+            st.warnings.append(
+                f"{self.beyond} event(s) at guest physical addresses of 2**{reach + PAGE_SHIFT} "
+                f"or more, beyond what {self.o.root_level}-level TDP maps"
+                + ("; use --root-level 5" if self.o.root_level == 4 else "")
+            )
+
+
+class _PfnMap:
+    """Host pfns for faults from kvm_page_fault, by --pfn-map (docs/import.md), chunk by
+    chunk in time order."""
+
+    def __init__(self, imp: Importer, gfn_limit: int) -> None:
+        self.imp = imp
+        o = imp.options
+        self.how = o.pfn_map
+        self.host = (
+            o.host_pfn_limit if o.host_pfn_limit is not None else RANDOM_HOST_FACTOR * gfn_limit
+        )
+        self.keys = np.zeros(0, dtype=np.uint64)  # hugepage: guest regions seen, sorted
+        self.ranks = np.zeros(0, dtype=np.uint64)  # and their host regions
+
+    def map(self, gfn: np.ndarray, src: np.ndarray, line: np.ndarray) -> np.ndarray:
+        if self.how == "identity":
+            return gfn.copy()
+        if self.how == "random":
+            return splitmix64(gfn ^ np.uint64(RANDOM_SEED)) % np.uint64(self.host)
+        o = self.imp.options
+        region = gfn >> np.uint64(9)
+        uniq, first, inverse = np.unique(region, return_index=True, return_inverse=True)
+        pos = np.searchsorted(self.keys, uniq)
+        known = pos < len(self.keys)
+        known[known] = self.keys[pos[known]] == uniq[known]
+        rank = np.empty(len(uniq), dtype=np.uint64)
+        rank[known] = self.ranks[pos[known]]
+        new = np.flatnonzero(~known)
+        new = new[np.argsort(first[new], kind="stable")]
+        rank[new] = np.arange(len(self.keys), len(self.keys) + len(new), dtype=np.uint64)
+        if len(new):
+            keys = np.concatenate((self.keys, uniq[new]))
+            ranks = np.concatenate((self.ranks, rank[new]))
+            order = np.argsort(keys, kind="stable")
+            self.keys, self.ranks = keys[order], ranks[order]
+        host_region = rank[inverse.reshape(-1)]
+        if o.host_pfn_limit is not None and len(self.keys) > o.host_pfn_limit // 512:
+            i = int(np.argmax(host_region >= np.uint64(o.host_pfn_limit // 512)))
+            raise KvmcacheError(
+                f"{self.imp.stats.sources[int(src[i])]}:{int(line[i])}: --pfn-map hugepage needs "
+                f"more than the {o.host_pfn_limit // 512} host 2 MiB regions of --host-memory"
+            )
+        return (host_region << np.uint64(9)) | (gfn & np.uint64(511))
+
+
+def _bit_length(d: np.ndarray) -> np.ndarray:
+    """``int.bit_length`` of each uint64 (exact)."""
+    x = d.copy()
+    b = np.zeros(len(d), dtype=np.int64)
+    for s in (32, 16, 8, 4, 2, 1):
+        m = x >= np.uint64(1 << s)
+        b[m] += s
+        x[m] >>= np.uint64(s)
+    return b + (x > 0)
+
+
+class _Gaps:
+    """The gaps between consecutive events, chunk by chunk in time order: a histogram (for
+    the warning about gaps far beyond the rest) and --max-gap's cut."""
+
+    def __init__(self, max_gap: int | None) -> None:
+        self.max_gap = max_gap
+        self.prev: int | None = None
+        self.removed = 0  # ns cut so far
+        self.cut_gaps = 0
+        self.hist = np.zeros(66, dtype=np.int64)  # bit length of a positive gap -> count
+        self.gaps = 0
+        self.longest = 0
+        self.longest_after = 0
+
+    def cut(self, ts: np.ndarray) -> np.ndarray:
+        if not len(ts):
+            return ts
+        prev = ts[:1] if self.prev is None else np.array([self.prev], dtype=np.uint64)
+        d = np.diff(ts, prepend=prev)  # the first gap of the whole trace is 0
+        self.gaps += len(d) - (1 if self.prev is None else 0)
+        self.prev = int(ts[-1])
+        self.hist += np.bincount(_bit_length(d), minlength=66)[:66]
+        i = int(np.argmax(d))
+        if int(d[i]) > self.longest:
+            self.longest = int(d[i])
+            self.longest_after = int(ts[i]) - int(d[i])
+        out = ts - np.uint64(self.removed) if self.removed else ts.copy()
+        if self.max_gap is not None:
+            excess = np.where(d > np.uint64(self.max_gap), d - np.uint64(self.max_gap), 0)
+            excess = excess.astype(np.uint64)
+            n = int(np.count_nonzero(excess))
+            if n:
+                out -= np.cumsum(excess, dtype=np.uint64)
+                self.cut_gaps += n
+                self.removed += int(excess.sum(dtype=np.uint64))
+        return out
+
+    def finish(self, st: ImportStats) -> None:
+        if self.cut_gaps:
+            st.gaps_cut = (self.cut_gaps, self.removed)
+        positive = self.hist[1:]
+        n = int(positive.sum())
+        if self.max_gap is not None or self.gaps < 2 or not n:
+            return
+        k = 1 + int(np.searchsorted(np.cumsum(positive), (n - 1) // 2 + 1))  # median's bucket
+        typical = 1 << (k - 1)  # the power of two at or below the median positive gap
+        far_from = max(k + GAP_FACTOR_BITS, GAP_MIN_BITS)
+        n_far = int(self.hist[far_from:].sum())
+        if n_far:
+            st.warnings.append(
+                f"{n_far} gap(s) between events of over {1 << GAP_FACTOR_BITS} times the "
+                f"typical gap of the recording (about {_seconds(typical)}; the longest "
+                f"{_seconds(self.longest)} after ts {self.longest_after} ns): glued "
+                "recordings? --max-gap cuts them for the idle accounting"
+            )
+
+
+_BLOCK_FIELDS = ("ts", "kind", "gfn", "pfn", "level", "vcpu", "thread", "src", "line")
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
@@ -977,10 +1277,10 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-#: A gap between consecutive events is "far beyond the rest" when it is longer than this many
-#: times the median gap and longer than GAP_MIN_NS.
-GAP_FACTOR = 1000
-GAP_MIN_NS = 10 * 10**9
+#: A gap between consecutive events is "far beyond the rest" when it is at least 2**10 times
+#: the typical gap (the power of two at or below the median positive gap) and 2**33 ns.
+GAP_FACTOR_BITS = 10  # 1024 times the typical gap
+GAP_MIN_BITS = 34  # and at least 2**33 ns (8.6 s)
 
 #: Events at or above this gfn (1 TiB) are far above any RAM: the summary says so.
 FAR_GFN = 1 << 28
@@ -1335,6 +1635,8 @@ class _FastLane:
             )
         )
         self.R[scan.R_NOUT] = 0
+        imp._held += n
+        imp._spill()
 
     def _count(self) -> None:
         """Add the fast lane's counters to the importer's."""
