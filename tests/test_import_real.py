@@ -410,3 +410,19 @@ def test_two_vms_without_tgid_split_where_a_vcpu_repeats():
     _, events, st = _both_lanes(perf)
     assert st.vms == ["pid 3300: 2 fault(s), imported", "pid 4400: 1 fault(s)"]
     assert [int(g) for g in events["gfn"]] == [0x10, 0x11]
+
+
+def test_quoted_printable_without_soft_breaks():
+    text = (
+        "Content-Type: text/plain; charset=utf-8\n"
+        "Content-Transfer-Encoding: quoted-printable\n\n"
+        "  CPU 0/KVM-7001 [003] .....  512.100005: kvm_cr: cr_write 4 =3D 0x3506f0\n"
+        "  CPU 0/KVM-7001 [003] .....  512.100006: kvm_page_fault: vcpu 0 rip 0x1 "
+        "address 0x0000000004a2c000 error_code 0x181\n"
+    )
+    _, events, st = _both_lanes(text)
+    assert st.quoted_printable == ["<text>"] and len(events) == 1
+    assert st.skipped["unparseable"] == 2  # the two mail header lines
+    # without the mail header, one escaped record line is not enough
+    _, events, st = _both_lanes(text.split("\n\n", 1)[1])
+    assert st.quoted_printable == []

@@ -136,6 +136,7 @@ class ImportOptions:
             raise KvmcacheError(f"--root-level must be 4 or 5, not {self.root_level}")
         if self.pfn_map not in PFN_MAPS:
             raise KvmcacheError(f"--pfn-map must be one of {', '.join(PFN_MAPS)}")
+        self._check_more()
         for name, value in (
             ("--guest-memory", self.gfn_limit),
             ("--host-memory", self.host_pfn_limit),
@@ -146,6 +147,16 @@ class ImportOptions:
                 raise KvmcacheError(
                     f"{name} is too large: a trace holds at most 2**64 - 2**30 pages"
                 )
+
+    def _check_more(self) -> None:
+        """The checks of --max-gap, --mmio and --vm PID."""
+        if self.max_gap is not None and self.max_gap < 1:
+            raise KvmcacheError("--max-gap must be at least 1 ns")
+        for lo, hi in self.mmio:
+            if not 0 <= lo <= hi:
+                raise KvmcacheError(f"--mmio range 0x{lo:x}-0x{hi:x} (gfns) is empty")
+        if self.vm_process is not None and not self.vm_process.isdigit():
+            raise KvmcacheError(f"--vm {self.vm_process!r}: a process id is a number")
 
     @property
     def vm_type(self) -> str:
@@ -1376,19 +1387,23 @@ def _text_lines(data: bytes, stream: BinaryIO, source: str = "<text>") -> Iterat
 QP_SNIFF = 64 << 10
 #: A record line cut by a quoted-printable soft break: its CPU column, then `=` at the end.
 _QP_SOFT_RECORD = re.compile(rb"\[\d+\].*=\r?$", re.MULTILINE)
+#: A record line with a quoted-printable escape of `=` or of a trailing blank (and no soft
+#: break, which _QP_SOFT_RECORD counts).
+_QP_ESCAPED_RECORD = re.compile(rb"\[\d+\](?:.*=3D.*[^=\r\n]|.*=20)\r?$", re.MULTILINE)
+_QP_HEADER = re.compile(rb"^content-transfer-encoding:[ \t]*quoted-printable", re.I | re.M)
 
 
 def looks_quoted_printable(head: bytes) -> bool:
     """True when ``head`` (an input's first bytes) is quoted-printable mail: at least two
-    record lines (a `[CPU]` column) end in a soft line break `=`."""
-    if b"=\n" not in head and b"=\r\n" not in head:
+    record lines (a `[CPU]` column) end in a soft line break `=` or hold a `=3D` / end in a
+    `=20` escape, or a `Content-Transfer-Encoding: quoted-printable` mail header is followed
+    by one such line."""
+    if b"=" not in head:
         return False
-    found = 0
-    for _ in _QP_SOFT_RECORD.finditer(head):
-        found += 1
-        if found >= 2:
-            return True
-    return False
+    found = len(_QP_SOFT_RECORD.findall(head)) + len(_QP_ESCAPED_RECORD.findall(head))
+    if found >= 2:
+        return True
+    return found >= 1 and _QP_HEADER.search(head) is not None
 
 
 class _QPStream:
