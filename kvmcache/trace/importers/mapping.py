@@ -928,7 +928,7 @@ RUN_DTYPE = np.dtype(
 _PREP_DTYPE = np.dtype(RUN_DTYPE.descr + [("flags", "<u2")])
 #: Read events beyond this many are sorted and moved to a temporary file (a run); the runs
 #: are merged by time when the trace is written. Memory stays bounded whatever the input.
-SPILL_EVENTS = 1 << 20
+SPILL_EVENTS = 1 << 18
 #: Rows read at a time from the runs (shared among the runs while they are merged).
 SCAN_ROWS = 1 << 18
 _SPLIT_NAME = "kvm_mmu_split_huge_page"
