@@ -255,6 +255,8 @@ def test_mmio_is_shared_under_as_tdx(tmp_path, capsys):
     assert "MMIO: 5 fault(s) at MMIO addresses imported as shared" in err
     code, _, err = run(capsys, "import", str(src), "-o", out, "--force", "--mmio", "e0000000")
     assert code == 2 and "--mmio 'e0000000': expected START-END" in err
+    code, _, err = run(capsys, "import", str(src), "-o", out, "--force", "--mmio", "0-fff")
+    assert code == 2 and "--mmio needs --as-tdx" in err
 
 
 # --- 2. quoted-printable mail -------------------------------------------------------------------
@@ -426,3 +428,21 @@ def test_quoted_printable_without_soft_breaks():
     # without the mail header, one escaped record line is not enough
     _, events, st = _both_lanes(text.split("\n\n", 1)[1])
     assert st.quoted_printable == []
+
+
+def test_two_qemu_runs_glued_without_vcpu_numbers():
+    """trace-cmd with the kvm plugin prints no `vcpu N`: two `CPU 0/KVM` threads are two VMs."""
+    text = "".join(
+        f"       CPU 0/KVM-{tid} [016] {sec}.{us:06d}: kvm_mmu_spte_requested: "
+        f"gfn {gfn:x} pfn {0x8BE2000 + gfn:x} level 1\n"
+        for tid, sec, us, gfn in [
+            (995300, 5509, 100, 0xFFFFF),
+            (995300, 5509, 200, 0xFFFFE),
+            (995300, 5510, 300, 0xFFFFD),
+            (1018500, 7120, 400, 0xFFFFF),
+        ]
+    )
+    _, events, st = _both_lanes(text)
+    assert st.vms == ["threads 995300: 3 fault(s), imported", "threads 1018500: 1 fault(s)"]
+    assert [int(g) for g in events["gfn"]] == [0xFFFFF, 0xFFFFE, 0xFFFFD]
+    assert st.vcpu_map == {"CPU 0/KVM-995300": 0}

@@ -152,6 +152,10 @@ class ImportOptions:
         """The checks of --max-gap, --mmio and --vm PID."""
         if self.max_gap is not None and self.max_gap < 1:
             raise KvmcacheError("--max-gap must be at least 1 ns")
+        if self.mmio and not self.as_tdx:
+            raise KvmcacheError(
+                "--mmio needs --as-tdx: without it no event is private, MMIO or not"
+            )
         for lo, hi in self.mmio:
             if not 0 <= lo <= hi:
                 raise KvmcacheError(f"--mmio range 0x{lo:x}-0x{hi:x} (gfns) is empty")
@@ -768,8 +772,8 @@ class Importer:
     def _vm_groups(self) -> list[list[int]]:
         """The threads grouped by VMM process: by TGID / PID where the recording shows two or
         more of them; the other threads form one VM unless two of them claim the same vCPU
-        number, and then are split, in the order of their thread ids, wherever a vCPU number
-        repeats."""
+        number (their first `vcpu N`, else the N of a QEMU thread name `CPU N/KVM`), and then
+        are split, in the order of their thread ids, wherever a vCPU number repeats."""
         keys = [""] * len(self._t_label)
         for key, t in self._tindex.items():
             keys[t] = key
@@ -784,7 +788,11 @@ class Importer:
         if len(by_pid) <= 1:  # one process id or none: no evidence of several processes
             by_pid, rest = {}, list(range(len(keys)))
         groups = [ts for _, ts in sorted(by_pid.items(), key=lambda kv: int(kv[0]))]
-        first = [self._t_first[t] for t in rest if self._t_first[t] >= 0]
+        vcpu_of = [
+            self._t_first[t] if self._t_first[t] >= 0 else _comm_vcpu(lb)
+            for t, lb in enumerate(self._t_label)
+        ]
+        first = [vcpu_of[t] for t in rest if vcpu_of[t] >= 0]
         if len(set(first)) == len(first):
             return groups + ([rest] if rest else [])
         # A process's threads have nearby ids (allocated when it starts its vCPUs); COMM tells
@@ -792,7 +800,7 @@ class Importer:
         cur: list[int] = []
         vcpus: set[int] = set()
         for t in sorted(rest, key=lambda t: _tid_order(keys[t])):
-            v = self._t_first[t]
+            v = vcpu_of[t]
             if v >= 0 and v in vcpus:
                 groups.append(cur)
                 cur, vcpus = [], set()
@@ -1315,6 +1323,15 @@ def _rsvd_fault(f: list[str], i: int) -> bool:
         return bool(int(f[i + 3], 16) & _PFERR_RSVD)
     except ValueError:
         return False
+
+
+_QEMU_VCPU_THREAD = re.compile(r"CPU (\d{1,5})/KVM-\d+")
+
+
+def _comm_vcpu(label: str) -> int:
+    """The vCPU number in a QEMU vCPU thread's label (`CPU 3/KVM-4150` -> 3), else -1."""
+    m = _QEMU_VCPU_THREAD.fullmatch(label)
+    return int(m.group(1)) if m else -1
 
 
 def _tid_order(key: str) -> tuple[int, str]:
