@@ -83,6 +83,9 @@ _MMIO_EVENTS = frozenset(("kvm_mmio", "mark_mmio_spte", "handle_mmio_page_fault"
 #: Well-known MMIO (gfn ranges, inclusive): IOAPIC, HPET, local APIC / MSI window.
 MMIO_RANGES = ((0xFEC00, 0xFECFF), (0xFED00, 0xFED00), (0xFEE00, 0xFEEFF))
 _PFERR_RSVD = 0x8  # kvm_page_fault error_code bit 3: a reserved-bit (MMIO SPTE) fault
+#: The last characters of an error_code that may have bit 3 (a quick test before parsing,
+#: with a `-` anywhere: a negative number has it too).
+_RSVD_HINT = frozenset("89abcdefABCDEF")
 #: kvmmmu events whose names do not start with kvm_mmu_ / kvm_tdp_mmu_.
 _MMU_NAMES = frozenset(
     ("fast_page_fault", "mark_mmio_spte", "handle_mmio_page_fault", "check_mmio_spte")
@@ -503,7 +506,11 @@ class Importer:
                             if f[i] != "address":
                                 raise ValueError
                             gfn = int(f[i + 1], 16) >> PAGE_SHIFT
-                            if _rsvd_fault(f, i):
+                            if (
+                                len(f) > i + 3
+                                and (f[i + 3][-1] in _RSVD_HINT or "-" in f[i + 3])
+                                and _rsvd_fault(f, i)
+                            ):
                                 self._mmio_gfns.add(gfn)
                             k = K_PF
                             pfn = 0
@@ -647,6 +654,8 @@ class Importer:
         def kept(chunk: np.ndarray) -> np.ndarray:
             mask = kind_ok[chunk["kind"]] & thread_ok[chunk["thread"]]
             return chunk if mask.all() else chunk[mask]
+
+        runs.restrict(kept)  # once for the runs in memory
 
         # 2. vCPUs: the thread's vCPU at the time of the event; else the first one the thread
         #    shows later; else the next free index, in order of the threads' first appearance.
@@ -1028,6 +1037,14 @@ class _Runs:
             c = kept(out)
             if len(c):
                 yield c
+
+    def restrict(self, kept) -> None:
+        """Replace each run held in memory by ``kept(run)`` (the rows of the others are
+        filtered as they are read)."""
+        for i, (rows, f, _) in enumerate(self._runs):
+            if rows is not None:
+                rows = kept(rows)
+                self._runs[i] = (rows, f, len(rows))
 
     def close(self) -> None:
         for _, f, _ in self._runs:
@@ -1415,9 +1432,11 @@ def looks_quoted_printable(head: bytes) -> bool:
     record lines (a `[CPU]` column) end in a soft line break `=` or hold a `=3D` / end in a
     `=20` escape, or a `Content-Transfer-Encoding: quoted-printable` mail header is followed
     by one such line."""
-    if b"=" not in head:
-        return False
-    found = len(_QP_SOFT_RECORD.findall(head)) + len(_QP_ESCAPED_RECORD.findall(head))
+    found = 0
+    if b"=\n" in head or b"=\r\n" in head:
+        found += len(_QP_SOFT_RECORD.findall(head))
+    if b"=3D" in head or b"=20" in head:
+        found += len(_QP_ESCAPED_RECORD.findall(head))
     if found >= 2:
         return True
     return found >= 1 and _QP_HEADER.search(head) is not None
