@@ -232,6 +232,8 @@ class Importer:
         self._cols: tuple[list[int], ...] = tuple([] for _ in range(9))
         self._blocks: list[tuple[np.ndarray, ...]] = []
         self._held = 0  # events in _blocks
+        self._per_kind = np.zeros((5, 0), dtype=np.int64)  # rows spilled per kind and thread
+        self._spte_rows = False  # a kvm_mmu_spte_requested fault was read
         self._runs = _Runs()
         self._random_max = lambda host: -1
         self._seen_mmu = False
@@ -455,6 +457,7 @@ class Importer:
                                 raise ValueError
                             k = K_FAULT
                             self._spte_req += 1
+                            self._spte_rows = True
                         elif c == C_SPTE_CHG:
                             # as id %d gfn %llx level %d old_spte %llx new_spte %llx
                             if (
@@ -534,6 +537,8 @@ class Importer:
                     t = tindex.get(key)
                     if t is None:
                         t = self._thread(key, comm, tid, cpu)
+                    if k == K_PF and self._spte_rows:
+                        continue  # faults come from kvm_mmu_spte_requested: not kept
                     ts_l.append(ts)
                     kind_l.append(k)
                     gfn_l.append(gfn)
@@ -558,7 +563,7 @@ class Importer:
         ts_l, kind_l, gfn_l, pfn_l, level_l, vcpu_l, thread_l, src_l, line_l = self._cols
         if not ts_l:
             return
-        self._blocks.append(
+        self._add_block(
             (
                 np.array(ts_l, dtype=np.uint64),
                 np.array(kind_l, dtype=np.uint8),
@@ -571,9 +576,23 @@ class Importer:
                 np.array(line_l, dtype=np.int64),
             )
         )
-        self._held += len(ts_l)
         for col in self._cols:
             col.clear()
+
+    def _add_block(self, block: tuple[np.ndarray, ...]) -> None:
+        """Hold a block of candidate events (columns in _BLOCK_FIELDS order); spill when
+        enough are held. Once a kvm_mmu_spte_requested fault is read, faults come from it:
+        the candidate faults from kvm_page_fault are not kept (nor counted) from then on."""
+        kind = block[1]
+        if not self._spte_rows and bool((kind == K_FAULT).any()):
+            self._spte_rows = True
+        if self._spte_rows:
+            keep = kind != K_PF
+            if not keep.all():
+                block = tuple(col[keep] for col in block)
+        if len(block[0]):
+            self._blocks.append(block)
+            self._held += len(block[0])
         self._spill()
 
     def _spill(self, final: bool = False) -> None:
@@ -581,12 +600,40 @@ class Importer:
         once they hold SPILL_EVENTS events, or at the end (``final``)."""
         if not self._blocks or (not final and self._held < SPILL_EVENTS):
             return
-        rows = np.empty(self._held, dtype=RUN_DTYPE)
-        for name, parts in zip(_BLOCK_FIELDS, zip(*self._blocks, strict=True), strict=True):
-            rows[name] = np.concatenate(parts)
+        cols = dict(
+            zip(
+                _BLOCK_FIELDS,
+                (np.concatenate(p) for p in zip(*self._blocks, strict=True)),
+                strict=True,
+            )
+        )
         self._blocks = []
         self._held = 0
-        self._runs.add(rows, in_memory=final)
+        kind = cols["kind"]
+        # Rows per kind and thread (the fault source and VM choices count them).
+        n = len(self._t_label) + 1
+        if self._per_kind.shape[1] < n:
+            grown = np.zeros((5, n), dtype=np.int64)
+            grown[:, : self._per_kind.shape[1]] = self._per_kind
+            self._per_kind = grown
+        # Candidate faults from kvm_page_fault held from before the first spte_requested go.
+        keep = kind != K_PF if self._spte_rows else None
+        if keep is not None and keep.all():
+            keep = None
+        counted = kind if keep is None else kind[keep]
+        threads = cols["thread"] if keep is None else cols["thread"][keep]
+        self._per_kind += np.bincount(
+            counted.astype(np.int64) * n + threads, minlength=5 * n
+        ).reshape(5, n)
+        # Stable sort by time, then one gather per column into the run's rows.
+        ts = cols["ts"] if keep is None else cols["ts"][keep]
+        order = np.argsort(ts, kind="stable")
+        if keep is not None:
+            order = np.flatnonzero(keep)[order]
+        rows = np.empty(len(order), dtype=RUN_DTYPE)
+        for name, col in cols.items():
+            rows[name] = col[order]
+        self._runs.add(rows, in_memory=final, ordered=True)
 
     # --- building the trace -------------------------------------------------------------
 
@@ -614,11 +661,7 @@ class Importer:
         fallback = self._spte_req == 0
         st.faults_why = self._fault_source_reason(fallback)
         per_kind = np.zeros((5, n_threads), dtype=np.int64)  # kind -> thread -> rows
-        for chunk in runs.scan():
-            per_kind += np.bincount(
-                chunk["kind"].astype(np.int64) * n_threads + chunk["thread"],
-                minlength=5 * n_threads,
-            ).reshape(5, n_threads)
+        per_kind[:, : self._per_kind.shape[1]] = self._per_kind
         if fallback:
             st.faults_from = "kvm_page_fault"
             st.event_lines += self._pf_with_vcpu + self._pf_without_vcpu
@@ -657,14 +700,31 @@ class Importer:
 
         runs.restrict(kept)  # once for the runs in memory
 
-        # 2. vCPUs: the thread's vCPU at the time of the event; else the first one the thread
-        #    shows later; else the next free index, in order of the threads' first appearance.
-        unresolved_threads: set[int] = set()
+        # 2. Guest size and host size, limits, counts, and the threads whose vCPU is not
+        #    known (one pass; the events are not in time order yet, which none of these need).
+        def random_max(host: int) -> int:
+            top = -1
+            for chunk in runs.scan():
+                c = kept(chunk)
+                pf = c["kind"] == K_PF
+                if pf.any():
+                    g = self._prepared(c, fault_kind)[0][pf]
+                    pfn = splitmix64(g ^ np.uint64(RANDOM_SEED)) % np.uint64(host)
+                    top = max(top, int(pfn.max()))
+            return top
+
+        self._random_max = random_max
+        tally = _Tally(self, fault_kind)
         for chunk in runs.scan():
             c = kept(chunk)
-            bad = (c["kind"] == fault_kind) & (c["vcpu"] < 0)
-            if bad.any():
-                unresolved_threads.update(np.unique(c["thread"][bad]).tolist())
+            tally.add(c, *self._prepared(c, fault_kind))
+        gfn_limit, host_pfn_limit = tally.limits()
+        counts = tally.ops
+        st.events = {OP_NAMES[c]: int(counts[c]) for c in (OP_FAULT, OP_UNMAP, OP_SPLIT)}
+
+        # 3. vCPUs: the thread's vCPU at the time of the event; else the first one the thread
+        #    shows later; else the next free index, in order of the threads' first appearance.
+        unresolved_threads = tally.unresolved
         resolve = np.array(self._t_first + [-1], dtype=np.int64)
         assigned: dict[int, int] = {}
         used = set(self._learned)
@@ -688,25 +748,6 @@ class Importer:
                 "each event takes the thread's vCPU at its time, the sidecar map the first"
             )
 
-        # 3. Guest size and host size, limits, counts (one pass; the events are not in time
-        #    order yet, which none of these need).
-        def random_max(host: int) -> int:
-            top = -1
-            for chunk in runs.scan():
-                c = self._prepared(kept(chunk), fault_kind)
-                g = c["gfn"][c["kind"] == K_PF]
-                if len(g):
-                    pfn = splitmix64(g ^ np.uint64(RANDOM_SEED)) % np.uint64(host)
-                    top = max(top, int(pfn.max()))
-            return top
-
-        self._random_max = random_max
-        tally = _Tally(self, fault_kind)
-        for chunk in runs.scan():
-            tally.add(self._prepared(kept(chunk), fault_kind))
-        gfn_limit, host_pfn_limit = tally.limits()
-        counts = tally.ops
-        st.events = {OP_NAMES[c]: int(counts[c]) for c in (OP_FAULT, OP_UNMAP, OP_SPLIT)}
         tally.far_warnings()
         header = TraceHeader(
             vm_type=o.vm_type,
@@ -721,8 +762,8 @@ class Importer:
         def events() -> Iterator[np.ndarray]:
             pfns = _PfnMap(self, gfn_limit)
             gaps = _Gaps(o.max_gap)
-            for chunk in runs.merged(kept):
-                c = self._prepared(chunk, fault_kind)
+            for c in runs.merged(kept):
+                gfn, flags = self._prepared(c, fault_kind)
                 is_fault = c["kind"] == fault_kind
                 vcpu = c["vcpu"]
                 todo = is_fault & (vcpu < 0)
@@ -733,16 +774,16 @@ class Importer:
                     raise KvmcacheError(f"more than {MAX_VCPUS} vCPUs: cannot number them")
                 out = np.zeros(len(c), dtype=EVENT_DTYPE)
                 out["ts"] = gaps.cut(c["ts"])
-                out["gfn"] = c["gfn"]
+                out["gfn"] = gfn
                 pfn = np.where(is_fault, c["pfn"], np.uint64(0))
                 pf = c["kind"] == K_PF
                 if pf.any():
-                    pfn[pf] = pfns.map(c["gfn"][pf], c["src"][pf], c["line"][pf])
+                    pfn[pf] = pfns.map(gfn[pf], c["src"][pf], c["line"][pf])
                 out["pfn"] = pfn
                 out["vcpu"] = vcpu.astype(np.uint32)
                 out["op"] = _KIND_OP[c["kind"]]
                 out["level"] = np.where(c["kind"] == K_SPLIT, LEVEL_2M, c["level"])
-                out["flags"] = c["flags"]
+                out["flags"] = flags
                 yield out
             gaps.finish(st)
             if not counts[OP_FAULT]:
@@ -757,26 +798,22 @@ class Importer:
 
         return header, events(), st
 
-    def _prepared(self, c: np.ndarray, fault_kind: int) -> np.ndarray:
-        """Kept rows with the private/shared rules applied: a copy with the shared bit
-        stripped from ``gfn`` and ``flags`` set (docs/import.md, section 5)."""
+    def _prepared(self, c: np.ndarray, fault_kind: int) -> tuple[np.ndarray, np.ndarray]:
+        """(gfn, flags) of kept rows by the private/shared rules: the gfns with the shared
+        bit stripped, the event flags (docs/import.md, section 5)."""
         o = self.options
-        out = np.empty(len(c), dtype=_PREP_DTYPE)
-        for name in RUN_DTYPE.names:
-            out[name] = c[name]
-        flags = np.zeros(len(c), dtype=np.uint16)
         gfn = c["gfn"]
+        flags = np.zeros(len(c), dtype=np.uint16)
         if o.shared_bit is not None:
             bit = np.uint64(1 << (o.shared_bit - PAGE_SHIFT))
             shared = (gfn & bit) != 0
-            out["gfn"] = gfn & ~bit
+            gfn = gfn & ~bit
             if o.vm_type == "tdx":
                 flags[~shared] = FLAG_PRIVATE
         elif o.as_tdx and o.vm_type == "tdx":
             flags[:] = FLAG_PRIVATE
             flags[self._mmio_mask(gfn)] = 0
-        out["flags"] = flags
-        return out
+        return gfn, flags
 
     def _vm_groups(self) -> list[list[int]]:
         """The threads grouped by VMM process: by TGID / PID where the recording shows two or
@@ -957,9 +994,11 @@ class _Runs:
     def __init__(self) -> None:
         self._runs: list[tuple[np.ndarray | None, BinaryIO | None, int]] = []
 
-    def add(self, rows: np.ndarray, in_memory: bool) -> None:
-        """Add ``rows`` (RUN_DTYPE, in input order) as a run, stably sorted by time."""
-        rows = rows[np.argsort(rows["ts"], kind="stable")]
+    def add(self, rows: np.ndarray, in_memory: bool, ordered: bool = False) -> None:
+        """Add ``rows`` (RUN_DTYPE, in input order unless ``ordered``: already stably sorted
+        by time) as a run, stably sorted by time."""
+        if not ordered:
+            rows = rows[np.argsort(rows["ts"], kind="stable")]
         if in_memory:
             self._runs.append((rows, None, len(rows)))
             return
@@ -1072,6 +1111,7 @@ class _Tally:
         self.near_top = -1
         self.beyond = 0
         self.mmio = 0
+        self.unresolved: set[int] = set()  # threads with a fault whose vCPU is not known
 
     def _first_bad(self, key: str, bad: np.ndarray, c: np.ndarray, values: np.ndarray) -> None:
         if not bad.any():
@@ -1082,13 +1122,17 @@ class _Tally:
         if key not in self.bad or cand[:2] < self.bad[key][:2]:
             self.bad[key] = cand
 
-    def add(self, c: np.ndarray) -> None:
+    def add(self, c: np.ndarray, gfn: np.ndarray, flags: np.ndarray) -> None:
+        """Count kept rows ``c`` (their gfns and flags by the private/shared rules)."""
         o = self.o
         if not len(c):
             return
-        kind, gfn, level = c["kind"], c["gfn"], c["level"]
+        kind, level = c["kind"], c["level"]
         self.ops += np.bincount(_KIND_OP[kind], minlength=8)[:8]
         is_fault = kind == self.fault_kind
+        todo = is_fault & (c["vcpu"] < 0)
+        if todo.any():
+            self.unresolved.update(np.unique(c["thread"][todo]).tolist())
         span = np.left_shift(
             np.uint64(1), (np.maximum(level, 1).astype(np.uint64) - 1) * np.uint64(9)
         )
@@ -1110,7 +1154,7 @@ class _Tally:
         if n_far < len(gfn):
             self.near_top = max(self.near_top, int(gfn[~far].max()))
         if o.as_tdx and o.vm_type == "tdx":
-            self.mmio += int(np.count_nonzero(is_fault & (c["flags"] == 0)))
+            self.mmio += int(np.count_nonzero(is_fault & (flags == 0)))
         pf = kind == K_PF
         if pf.any():
             self.pf_gfns = True
@@ -1236,6 +1280,8 @@ class _PfnMap:
 
 def _bit_length(d: np.ndarray) -> np.ndarray:
     """``int.bit_length`` of each uint64 (exact)."""
+    if not len(d) or int(d.max()) < 1 << 53:  # exact as float64: the exponent is the length
+        return np.frexp(d.astype(np.float64))[1].astype(np.int64)
     x = d.copy()
     b = np.zeros(len(d), dtype=np.int64)
     for s in (32, 16, 8, 4, 2, 1):
@@ -1662,17 +1708,21 @@ class _FastLane:
                     self.ttab, np.array(tids, dtype=np.int64), np.array(index, dtype=np.int64)
                 )
         self.t_cur = np.array(imp._t_cur + [-1], dtype=np.int64)
+        if imp._spte_rows:
+            self.R[self.scan.R_DROP_PF] = 1
 
     def _drain(self) -> None:
         """Move the fast lane's events into the importer's blocks, after the Python path's."""
         scan = self.scan
+        if self.R[scan.R_SPTE_REQ]:
+            self.imp._spte_rows = True
         n = int(self.R[scan.R_NOUT])
         if not n:
             return
         imp = self.imp
         imp._flush_block()
         u, i = self.out_u, self.out_i
-        imp._blocks.append(
+        imp._add_block(
             (
                 u[scan.U_TS, :n].copy(),
                 i[scan.I_KIND, :n].astype(np.uint8),
@@ -1686,8 +1736,6 @@ class _FastLane:
             )
         )
         self.R[scan.R_NOUT] = 0
-        imp._held += n
-        imp._spill()
 
     def _count(self) -> None:
         """Add the fast lane's counters to the importer's."""

@@ -64,7 +64,8 @@ R_NAME_S = 12
 R_NAME_E = 13
 R_SYS_S = 14  # and its SYS (perf), an empty span otherwise
 R_SYS_E = 15
-N_REGS = 16
+R_DROP_PF = 16  # set: faults from kvm_page_fault are counted, not output (spte_requested seen)
+N_REGS = 17
 
 # Parsed header fields of one line (F, int64; two lines side by side, at 0 and NF), then the
 # token spans of the text being mapped.
@@ -782,6 +783,12 @@ def _take(buf, R, F, a, ttab, t_cur, ntab, names, out_u, out_i, cap):
         return ST_SLOW
     if kind == K_PF and vs >= 0 and t_cur[t] != vs:
         return ST_SLOW
+    if kind == K_PF and (R[R_DROP_PF] != 0 or R[R_SPTE_REQ] != 0):
+        if vs >= 0:
+            R[R_PF_WITH] += 1
+        else:
+            R[R_PF_WITHOUT] += 1
+        return ST_MORE
     n = R[R_NOUT]
     if n >= cap:
         return ST_FULL
