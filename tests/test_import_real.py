@@ -446,3 +446,14 @@ def test_two_qemu_runs_glued_without_vcpu_numbers():
     assert st.vms == ["threads 995300: 3 fault(s), imported", "threads 1018500: 1 fault(s)"]
     assert [int(g) for g in events["gfn"]] == [0xFFFFF, 0xFFFFE, 0xFFFFD]
     assert st.vcpu_map == {"CPU 0/KVM-995300": 0}
+
+
+def test_quoted_printable_endless_soft_breaks_are_refused(monkeypatch):
+    from kvmcache.trace.importers import mapping
+
+    monkeypatch.setattr(mapping, "MAX_LINE", 4096)
+    text = " a-1 [000] 1.000001: kvm_cr: x=\n" * 400
+    with pytest.raises(Exception, match=r"<text>: a line longer than 0 MiB"):
+        import_text(io.StringIO(text))
+    with pytest.raises(Exception, match=r"t: a line longer than 0 MiB"):
+        Importer().feed_stream(io.BytesIO(text.encode()), "t", fast=False)

@@ -368,7 +368,7 @@ class Importer:
         if not looks_quoted_printable(prefix):
             return itertools.chain(head, it)
         self.stats.quoted_printable.append(source)
-        return _qp_decode_lines(itertools.chain(head, it))
+        return _qp_decode_lines(itertools.chain(head, it), source)
 
     def _reader(self, source: str, fmt: str | None) -> LineReader:
         o = self.options
@@ -1524,13 +1524,21 @@ class _QPStream:
         return out
 
 
-def _qp_decode_lines(lines: Iterable[str]) -> Iterator[str]:
+def _qp_decode_lines(lines: Iterable[str], source: str = "<text>") -> Iterator[str]:
     """The lines of quoted-printable text lines, decoded (soft breaks joined)."""
     held: list[bytes] = []
+    size = 0
     for line in lines:
         held.append(line.encode("utf-8", "replace") + (b"" if line.endswith("\n") else b"\n"))
         if line.rstrip("\r\n").endswith("="):
+            size += len(held[-1])
+            if size > MAX_LINE:
+                raise KvmcacheError(
+                    f"{source}: a line longer than {MAX_LINE >> 20} MiB: not the text of a "
+                    "recorded trace"
+                )
             continue
+        size = 0
         yield from _decode_lines(binascii.a2b_qp(b"".join(held)))
         held = []
     if held:
