@@ -235,7 +235,6 @@ class Importer:
         self._per_kind = np.zeros((5, 0), dtype=np.int64)  # rows spilled per kind and thread
         self._spte_rows = False  # a kvm_mmu_spte_requested fault was read
         self._runs = _Runs()
-        self._random_max = lambda host: -1
         self._seen_mmu = False
         self._mmio_gfns: set[int] = set()  # gfns the recording shows as MMIO
         self._pids: dict[str, str] = {}  # thread key -> process id (TGID / PID), when shown
@@ -713,12 +712,11 @@ class Importer:
                     top = max(top, int(pfn.max()))
             return top
 
-        self._random_max = random_max
         tally = _Tally(self, fault_kind)
         for chunk in runs.scan():
             c = kept(chunk)
             tally.add(c, *self._prepared(c, fault_kind))
-        gfn_limit, host_pfn_limit = tally.limits()
+        gfn_limit, host_pfn_limit = tally.limits(random_max)
         counts = tally.ops
         st.events = {OP_NAMES[c]: int(counts[c]) for c in (OP_FAULT, OP_UNMAP, OP_SPLIT)}
 
@@ -960,10 +958,6 @@ class Importer:
             return "the recording has kvmmmu events but no kvm_mmu_spte_requested"
         return "the recording has no kvm_mmu_spte_requested"
 
-    def _random_pfn_max(self, host: int) -> int:
-        """The highest `--pfn-map random` pfn of the faults kept (set by finish_stream)."""
-        return self._random_max(host)
-
 
 #: The rows of a run (events as read, before the finishing rules), and of a prepared chunk.
 RUN_DTYPE = np.dtype(
@@ -1174,8 +1168,9 @@ class _Tally:
             self._first_bad("host_max", pfn >= MAX_FRAME, c, pfn)
             self.pfn_last = max(self.pfn_last, int((pfn + span - np.uint64(1)).max()))
 
-    def limits(self) -> tuple[int, int]:
-        """(gfn_limit, host_pfn_limit), or the error of the first event beyond a limit."""
+    def limits(self, random_max) -> tuple[int, int]:
+        """(gfn_limit, host_pfn_limit), or the error of the first event beyond a limit;
+        ``random_max(host)``: the highest `--pfn-map random` pfn of the faults (a pass)."""
         o = self.o
         for key, problem, what in (
             ("gfn_limit", f"is beyond --guest-memory (gfn_limit 0x{o.gfn_limit or 0:x})", "gfn"),
@@ -1194,7 +1189,7 @@ class _Tally:
         if o.pfn_map == "hugepage" and len(self.regions):
             last = max(last, len(self.regions) * 512 - 1)
         elif o.pfn_map == "random" and self.pf_gfns:
-            last = max(last, self.imp._random_pfn_max(RANDOM_HOST_FACTOR * gfn_limit))
+            last = max(last, random_max(RANDOM_HOST_FACTOR * gfn_limit))
         return gfn_limit, _round_limit(last + 1)
 
     def _raise(self, key: str, problem: str, what: str) -> None:
