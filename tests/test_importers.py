@@ -211,17 +211,6 @@ def test_hugepage_map_runs_out_of_host_memory():
         import_text(lines_of("ftrace_page_fault_only.txt"), opts)
 
 
-def test_kvmmmu_without_spte_requested_warns_and_imports_no_fault():
-    text = [
-        "  CPU 0/KVM-1 [000] .....  1.000001: kvm_page_fault: vcpu 0 rip 0x1 address 0x5000 error_code 0x6\n",
-        "  CPU 0/KVM-1 [000] .....  1.000002: kvm_mmu_get_page: new sp gfn 0 4 q0 direct wux\n",
-    ]
-    _, events, st = import_text(text)
-    assert len(events) == 0
-    assert st.faults_from == "kvm_mmu_spte_requested"
-    assert any("no kvm_mmu_spte_requested" in w for w in st.warnings)
-
-
 # --- e-mail wrapping ----------------------------------------------------------------------------
 
 
@@ -597,15 +586,35 @@ def test_cli_writes_trace_sidecar_and_summary(capsys, tmp_path):
 
 
 def test_cli_several_inputs_merge_sorted(capsys, tmp_path):
+    # one recording cut in two files, given in the wrong order: merged by time
+    lines = lines_of("tracecmd_plugin.txt")
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("".join(lines[:9]))
+    b.write_text("".join(lines[9:]))
     out = str(tmp_path / "m.kvmt")
-    code, _, err = run(
-        capsys, "import", fixture("perf_script.txt"), fixture("tracecmd_plugin.txt"), "-o", out
-    )
-    assert code == 0 and "(perf-script, trace-cmd)" in err
+    code, _, err = run(capsys, "import", str(b), str(a), "-o", out)
+    assert code == 0 and "VMs" not in err
     got = np.concatenate(list(open_trace(out).chunks()))
-    assert len(got) == 8 and np.all(np.diff(got["ts"].astype(np.int64)) >= 0)
-    # tracecmd first by time (200 s) although given second
-    assert int(got["ts"][0]) == 200_000_250_500
+    assert len(got) == 5 and np.all(np.diff(got["ts"].astype(np.int64)) >= 0)
+    assert int(got["ts"][0]) == 200_000_250_500  # from b.txt although given first
+
+
+def test_cli_two_recordings_of_two_vms(capsys, tmp_path):
+    """Two recordings whose threads both claim vCPU 0 are two VMs: one is imported."""
+    out = str(tmp_path / "m.kvmt")
+    both = [fixture("perf_script.txt"), fixture("tracecmd_plugin.txt")]
+    code, _, err = run(capsys, "import", *both, "-o", out)
+    assert code == 0 and "(perf-script, trace-cmd)" in err
+    assert (
+        "VMs (VMM processes): threads 7001..7002: 2 fault(s), imported; threads 9001..9002: "
+        "1 fault(s)" in err
+    )
+    got = np.concatenate(list(open_trace(out).chunks()))
+    assert len(got) == 5 and int(got["ts"][0]) == 200_000_250_500
+    code, _, err = run(capsys, "import", *both, "-o", out, "--force", "--vm", "9002")
+    assert code == 0 and "other VM 5" in err
+    got = np.concatenate(list(open_trace(out).chunks()))
+    assert len(got) == 3 and int(got["ts"][0]) == 300_000_200_000
 
 
 def test_cli_strict(capsys, tmp_path):

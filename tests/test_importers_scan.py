@@ -88,12 +88,21 @@ def _text(rng: random.Random, vcpus: dict[str, int], tid: str) -> tuple[str, str
             f"gfn {g:x} spte 600000012345ff7 level {rng.choice([2, 2, 3])} errno {errno}",
         )
     if kind < 11:
+        err = rng.choice(["181", "181", "18e", "8", "zz", "1" * 17])
         if rng.random() < 0.5:
             return "kvm_page_fault", (
-                f"vcpu {v} rip 0xffffffff81000000 address 0x{g << 12:016x} error_code 0x181"
+                f"vcpu {v} rip 0xffffffff81000000 address 0x{g << 12:016x} error_code 0x{err}"
             )
-        return "kvm_page_fault", f"address {g << 12:x} error_code 181"
+        return "kvm_page_fault", f"address {g << 12:x} error_code {err}"
     if kind < 12:
+        if rng.random() < 0.3:
+            return rng.choice(["kvm_mmio", "handle_mmio_page_fault"]), rng.choice(
+                [
+                    f"mmio write len 4 gpa 0x{g << 12:x} val 0x0",
+                    f"addr:{g << 12:x} gfn {g:x} access 6",
+                    "mmio read len 4 gpa zz",
+                ]
+            )
         return rng.choice(["fast_page_fault", "kvm_mmu_get_page", "mark_mmio_spte"]), (
             rng.choice([f"vcpu {v} gva 1000 error_code 6", "sp gfn 0 level 4"])
         )

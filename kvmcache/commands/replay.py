@@ -103,7 +103,17 @@ def command(
         write_timeline(timeline_path, [result])
     from kvmcache.report.documents import replay_document
 
+    if result.counters.get("faults", 0) == 0:
+        _warn_no_faults(trace)
     doc = replay_document(result)
     checks = gating.check(gate, doc, [doc])
     common.emit(Report("replay", doc, [result]), fmt)
     gating.finish(gate, doc, checks, f"kvmcache replay {trace}")
+
+
+def _warn_no_faults(trace: str) -> None:
+    """A trace without faults says nothing about the caches: say so (an empty import)."""
+    from kvmcache.trace.binary import stderr_warn
+
+    name = "standard input" if trace == "-" else trace
+    stderr_warn(f"{name} has no faults: every figure below is that of an idle VM")

@@ -25,6 +25,7 @@ import numpy as np
 from kvmcache.importers.rules import (
     C_ASK,
     C_KVM,
+    C_MMIO,
     C_MMU,
     C_PF,
     C_SPLIT,
@@ -38,6 +39,7 @@ from kvmcache.importers.rules import (
     K_UNMAP,
     MAX_SECONDS,
     NONPRESENT_SPTES,
+    PFERR_RSVD,
     REMOVED_SPTES,
     SPTE_PAGE_SIZE,
     SPTE_PERM_MASK,
@@ -70,7 +72,8 @@ R_NAME_S = 12
 R_NAME_E = 13
 R_SYS_S = 14  # and its SYS (perf), an empty span otherwise
 R_SYS_E = 15
-N_REGS = 16
+R_DROP_PF = 16  # set: faults from kvm_page_fault are counted, not output (spte_requested seen)
+N_REGS = 17
 
 # Parsed header fields of one line (F, int64; two lines side by side, at 0 and NF), then the
 # token spans of the text being mapped.
@@ -93,8 +96,8 @@ MAX_TOKENS = 11
 F_SIZE = F_TOK + 2 * MAX_TOKENS
 
 # Event classes in the name table are the rules' C_*, C_ASK included (it sends the line to
-# the Python path).
-assert C_ASK > max(C_UNKNOWN, C_KVM, C_MMU, C_SPTE_REQ, C_SPTE_CHG, C_SPLIT, C_PF)
+# the Python path; so does C_MMIO, which the Python lane turns into C_ASK before inserting).
+assert C_ASK > max(C_UNKNOWN, C_KVM, C_MMU, C_SPTE_REQ, C_SPTE_CHG, C_SPLIT, C_PF, C_MMIO)
 
 # Output columns (the event kinds are the mapping's K_*).
 U_TS, U_GFN, U_PFN = range(3)  # out_u rows (uint64)
@@ -113,6 +116,11 @@ _L_SPTE = np.frombuffer(b"spte", dtype=np.uint8)
 _L_ERRNO = np.frombuffer(b"errno", dtype=np.uint8)
 _L_ADDRESS = np.frombuffer(b"address", dtype=np.uint8)
 _L_STACK = np.frombuffer(b"stack", dtype=np.uint8)
+_L_ERROR_CODE = np.frombuffer(b"error_code", dtype=np.uint8)
+_PFERR_RSVD = np.uint64(PFERR_RSVD)
+_L_KVM = np.frombuffer(b"kvm", dtype=np.uint8)
+_L_MMIO = np.frombuffer(b"mmio_", dtype=np.uint8)
+_L_PAGE_FAULT = np.frombuffer(b"_page_fault", dtype=np.uint8)
 
 _U0 = np.uint64(0)
 _SPTE_PERM = np.uint64(SPTE_PERM_MASK)
@@ -545,6 +553,37 @@ def name_lookup(ntab, names, buf, s, e):
 
 
 @_jit
+def name_count(ntab, names, buf, s, e):
+    """Count one skipped record of the event name ``buf[s:e]`` (in the table) in ``ntab``'s
+    fourth column."""
+    cap = ntab.shape[0]
+    h = np.int64(_fnv(buf, s, e) & np.uint64(cap - 1))
+    n = e - s
+    while ntab[h, 0] >= 0:
+        if ntab[h, 2] == n:
+            off = ntab[h, 1]
+            same = True
+            for i in range(n):
+                if names[off + i] != buf[s + i]:
+                    same = False
+                    break
+            if same:
+                ntab[h, 3] += 1
+                return
+        h = (h + 1) & (cap - 1)
+
+
+@_jit
+def _keyword(buf, s, e):
+    """The line ``buf[s:e]`` names a KVM keyword (the Python reader's test of KVM_KEYWORDS)."""
+    return (
+        _contains(buf, s, e, _L_KVM)
+        or _contains(buf, s, e, _L_MMIO)
+        or _contains(buf, s, e, _L_PAGE_FAULT)
+    )
+
+
+@_jit
 def name_insert(ntab, names, off, n, cls):
     """Add the name at ``names[off:off + n]`` with class ``cls`` (the caller keeps the table
     at most half full)."""
@@ -649,6 +688,8 @@ def _take(buf, R, F, a, ttab, t_cur, ntab, names, out_u, out_i, cap):
     if c == C_UNKNOWN:
         if _contains(buf, F[a + F_START], F[a + F_EOL], _L_STACK):
             return ST_SLOW
+        if _keyword(buf, F[a + F_START], F[a + F_EOL]):
+            return ST_SLOW  # the Python lane counts it by name
         R[R_UNKNOWN] += 1
         return ST_MORE
     vs = F[a + F_VCPU]
@@ -657,6 +698,7 @@ def _take(buf, R, F, a, ttab, t_cur, ntab, names, out_u, out_i, cap):
             R[R_SEEN_MMU] = 1
         if vs == -1:
             R[R_UNKNOWN] += 1
+            name_count(ntab, names, buf, s, e)
             return ST_MORE
         t = _thread(ttab, F[a + F_TID])
         if vs < 0 or t < 0 or t_cur[t] != vs:
@@ -730,12 +772,16 @@ def _take(buf, R, F, a, ttab, t_cur, ntab, names, out_u, out_i, cap):
         if vs < -1:
             return ST_SLOW
         i = 4 if vs >= 0 else 0
-        _tokens(buf, F, a, i + 2)
+        _tokens(buf, F, a, i + 4)
         if not _is(buf, F, i, _L_ADDRESS):
             return ST_SLOW
         ok1, addr = _thex(buf, F, i + 1)
         if not ok1:
             return ST_SLOW
+        if _is(buf, F, i + 2, _L_ERROR_CODE):
+            ok2, err = _thex(buf, F, i + 3)
+            if not ok2 or (err & _PFERR_RSVD) != _U0:
+                return ST_SLOW  # an MMIO fault: the Python lane notes its gfn
         gfn = addr >> np.uint64(12)
         kind = K_PF
     t = _thread(ttab, F[a + F_TID])
@@ -743,6 +789,12 @@ def _take(buf, R, F, a, ttab, t_cur, ntab, names, out_u, out_i, cap):
         return ST_SLOW
     if kind == K_PF and vs >= 0 and t_cur[t] != vs:
         return ST_SLOW
+    if kind == K_PF and (R[R_DROP_PF] != 0 or R[R_SPTE_REQ] != 0):
+        if vs >= 0:
+            R[R_PF_WITH] += 1
+        else:
+            R[R_PF_WITHOUT] += 1
+        return ST_MORE
     n = R[R_NOUT]
     if n >= cap:
         return ST_FULL

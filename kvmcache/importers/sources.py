@@ -274,3 +274,15 @@ def import_paths(
         with open_text(path) as (stream, producer):
             imp.feed_stream(stream, "<stdin>" if path == "-" else path, fmt=producer)
     return imp.finish()
+
+
+def import_paths_stream(
+    paths: Sequence[str], options: ImportOptions | None = None
+) -> tuple[TraceHeader, Iterator[np.ndarray], ImportStats]:
+    """:func:`import_paths` in bounded memory: (header, the events in time order as chunks,
+    stats); the stats are complete once the chunks are read."""
+    imp = Importer(options or ImportOptions())
+    for path in paths:
+        with open_text(path) as (stream, producer):
+            imp.feed_stream(stream, "<stdin>" if path == "-" else path, fmt=producer)
+    return imp.finish_stream()

@@ -21,6 +21,7 @@ SKIP_UNPARSEABLE = "unparseable"
 SKIP_STACK = "stack trace"
 SKIP_CONTINUATION = "wrapped/continuation"
 SKIP_HEADER = "header/comment"
+SKIP_OTHER_VM = "other VM"  # events of a VMM process not imported (mapping, --vm)
 SKIP_REASONS = (SKIP_UNKNOWN, SKIP_UNPARSEABLE, SKIP_STACK, SKIP_CONTINUATION, SKIP_HEADER)
 
 #: A record as yielded by :meth:`LineReader.batches`: (line number, fields), where fields is
@@ -88,6 +89,9 @@ class LineReader:
         self.lost_markers = 0
         self.skipped: dict[str, int] = dict.fromkeys(SKIP_REASONS, 0)
         self._saw_cpus = False
+        #: thread id -> its process id (the ftrace `(TGID)` column, perf's `PID/TID`) or None,
+        #: from the first KVM record of each thread id.
+        self.pids: dict[str | None, str | None] = {}
         # Continuation state between calls of batches(final=False): the last line was a KVM
         # record (held back in ``_pending``: continuation lines may still extend it) or a
         # record of another event; ``_base`` is the held record as first read, ``_extra``
@@ -126,6 +130,7 @@ class LineReader:
         other = others[0].match if others else None
         any_head = _ANY_HEAD.match
         finish = self._finish
+        pids = self.pids
         batch: list[Record] = [self._pending] if self._pending is not None else []
         append = batch.append
         # The last line was a KVM record (the last in ``batch``: continuations extend it) or a
@@ -160,7 +165,10 @@ class LineReader:
                         yield batch
                         batch = []
                         append = batch.append
-                    append((lineno, m.groups()))
+                    g = m.groups()
+                    append((lineno, g))
+                    if g[1] not in pids:
+                        pids[g[1]] = _process_id(line)
                     last_kvm = True
                     last_foreign = False
                     if extra:
@@ -287,6 +295,18 @@ class LineReader:
         if event in _STACK_EVENTS:
             return True
         return text.startswith(("<stack trace>", "<user stack trace>"))
+
+
+#: The process of a record: ftrace's `-PID (TGID) [CPU]` or perf's `PID/TID [CPU]`.
+_PROCESS = re.compile(r"-\d+[ \t]+\([ \t]*(\d+)[ \t]*\)[ \t]+\[\d+\]|(\d+)/\d+[ \t]+\[\d+\]")
+
+
+def _process_id(line: str) -> str | None:
+    """The TGID / PID a record line shows, or None."""
+    m = _PROCESS.search(line)
+    if m is None:
+        return None
+    return m.group(1) or m.group(2)
 
 
 def _excerpt(s: str, n: int = 60) -> str:

@@ -20,6 +20,22 @@ def _none(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _source_text(source: Any) -> str:
+    """The import sidecar's ``source`` (a list of inputs) as text: names joined by commas."""
+    if source is None:
+        return "-"
+    if isinstance(source, list):
+        return ", ".join(str(s) for s in source) or "-"
+    return str(source)
+
+
+def _no_faults_rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """A row saying that the trace has no faults (an empty import), or none."""
+    if doc["faults"]["total"]:
+        return []
+    return [("faults", "none: the trace has no faults (replay models an idle VM)")]
+
+
 def render_table(doc: dict[str, Any]) -> None:
     """Print the info document as a rich table on standard output."""
     from rich.table import Table
@@ -46,7 +62,8 @@ def render_table(doc: dict[str, Any]) -> None:
             ("complete", "yes" if t["complete"] else "no (the writer did not close it)"),
         ],
         [("events", f"{doc['events']:,}")] + [(k, f"{c:,}") for k, c in doc["ops"].items()],
-        [
+        _no_faults_rows(doc)
+        + [
             ("faults private", f"{doc['faults']['private']:,}"),
             ("faults shared", f"{doc['faults']['shared']:,}"),
         ]
@@ -70,7 +87,7 @@ def render_table(doc: dict[str, Any]) -> None:
     ]
     imp = doc.get("import")
     if imp is not None:
-        section = [("import source", _none(imp.get("source")))]
+        section = [("import source", _source_text(imp.get("source")))]
         vmap = imp.get("vcpu_map") or {}
         items = list(vmap.items())
         text = "\n".join(f"{label} -> {idx}" for label, idx in items[:32])
