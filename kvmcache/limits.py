@@ -29,6 +29,10 @@ MAX_NUMBER_CHARS = 100
 #: "billion laughs" document expands far beyond this; sharing a few anchors does not.
 MAX_ALIAS_NODES = 1_000_000
 
+#: Longest line of an imported recording: a recorded line is well under 4 KiB, so a longer
+#: one is not trace text and is refused rather than held in memory waiting for its end.
+MAX_IMPORT_LINE = 16 << 20
+
 #: Characters of a user's value quoted in an error message; longer values are cut with "...".
 EXCERPT_CHARS = 80
 

@@ -51,6 +51,7 @@ from kvmcache.importers.text import (
     SKIP_UNKNOWN,
     LineReader,
 )
+from kvmcache.limits import MAX_IMPORT_LINE as MAX_LINE
 from kvmcache.limits import excerpt
 from kvmcache.trace.events import (
     EVENT_DTYPE,
@@ -1432,16 +1433,15 @@ def _decode_lines(data: bytes) -> list[str]:
     return lines
 
 
-#: A longer line is not trace text (a recorded line is well under 4 KiB): refused rather than
-#: held in memory while waiting for its end.
-MAX_LINE = 16 << 20
+def _line_too_long(source: str) -> KvmcacheError:
+    return KvmcacheError(
+        f"{source}: a line longer than {MAX_LINE >> 20} MiB: not the text of a recorded trace"
+    )
 
 
 def _check_carry(carry: bytes, source: str) -> None:
     if len(carry) > MAX_LINE:
-        raise KvmcacheError(
-            f"{source}: a line longer than {MAX_LINE >> 20} MiB: not the text of a recorded trace"
-        )
+        raise _line_too_long(source)
 
 
 def _text_lines(data: bytes, stream: BinaryIO, source: str = "<text>") -> Iterator[str]:
@@ -1528,10 +1528,7 @@ def _qp_decode_lines(lines: Iterable[str], source: str = "<text>") -> Iterator[s
         if line.rstrip("\r\n").endswith("="):
             size += len(held[-1])
             if size > MAX_LINE:
-                raise KvmcacheError(
-                    f"{source}: a line longer than {MAX_LINE >> 20} MiB: not the text of a "
-                    "recorded trace"
-                )
+                raise _line_too_long(source)
             continue
         size = 0
         yield from _decode_lines(binascii.a2b_qp(b"".join(held)))
