@@ -329,6 +329,21 @@ SH32 = np.uint64(32)
 SH40 = np.uint64(40)
 SH48 = np.uint64(48)
 MAX_VCPUS_U = np.uint64(MAX_VCPUS)
+# Unsigned constants of the fast path (an index mixing int64 and uint64 would be a float).
+SH6 = np.uint64(6)
+SH9 = np.uint64(9)
+SH18 = np.uint64(18)
+M63 = np.uint64(63)
+M511 = np.uint64(511)
+U2 = np.uint64(2)
+U3 = np.uint64(3)
+U5 = np.uint64(5)
+U512 = np.uint64(512)
+NU = np.uint64(N_U)
+KU_SPT = np.uint64(K_SPT)
+KU_SEPT = np.uint64(K_SEPT)
+KU_HEADER = np.uint64(K_HEADER)
+KU_PAMT = np.uint64(K_PAMT)
 U64_ONE = np.uint64(1)
 #: BIT[k] = 1 << k as int64 (bit 63 included), for the presence bitmap.
 BIT = (np.uint64(1) << np.arange(64, dtype=np.uint64)).view(np.int64)
@@ -1536,16 +1551,17 @@ def run_chunk(
     # It is off when every event must pass the general path (timeline samples) and on a
     # sparse host (a new range index may need the driver to grow).
     fast = every == 0 and m[Z_RSPARSE] == 0
-    npw = m[Z_PBITS]
-    pbits = m[O_PBITS]
-    pb2 = m[O_PB2]
-    n2 = m[Z_PB2]
-    pb3 = m[O_PB3]
-    n3 = m[Z_PB3]
-    vlive = m[O_VLIVE]
-    vcnt = m[O_VCNT]
-    refc = m[O_REFC]
-    cached = m[O_CACHED]
+    npw = np.uint64(m[Z_PBITS])
+    pbits = np.uint64(m[O_PBITS])
+    pb2 = np.uint64(m[O_PB2])
+    n2 = np.uint64(m[Z_PB2])
+    pb3 = np.uint64(m[O_PB3])
+    n3 = np.uint64(m[Z_PB3])
+    vlive = np.uint64(m[O_VLIVE])
+    vcnt = np.uint64(m[O_VCNT])
+    refc = np.uint64(m[O_REFC])
+    cached = np.uint64(m[O_CACHED])
+    uvmap = np.uint64(vmap)
     dpamt = m[P_DPAMT] != 0
     pin_check = m[P_STRAT] == S_ALLOC
     min_desc = m[P_MIN_DESC]
@@ -1571,24 +1587,25 @@ def run_chunk(
         w3 = rec[r4 + 3]
         o = np.int64((w3 >> SH32) & M8)
         if fast and (o == OP_FAULT or o == OP_UNMAP):
-            g = np.int64(rec[r4 + 1])
-            w = g >> 6
-            lv = np.int64((w3 >> SH40) & M8)
-            if g >= 0 and w < npw and lv >= 1 and lv <= 3:
+            # Unsigned indices throughout: no negative-index wrap-around code per access.
+            g = rec[r4 + 1]
+            w = g >> SH6
+            lv = (w3 >> SH40) & M8
+            if w < npw and lv >= U64_ONE and lv <= U3:
                 private = (w3 >> SH48) & U64_ONE != U64_ZERO
-                root = MIRROR if private else DIRECT
+                root = U64_ZERO if private else U64_ONE  # MIRROR, DIRECT
                 wi = pbits + root * npw + w
-                bit = BIT[g & 63]
+                bit = BIT[g & M63]
                 present = (m[wi] & bit) != 0
-                e2 = g >> 9
-                e3 = g >> 18
-                present2 = (m[pb2 + root * n2 + (e2 >> 6)] & BIT[e2 & 63]) != 0
-                present3 = (m[pb3 + root * n3 + (e3 >> 6)] & BIT[e3 & 63]) != 0
+                e2 = g >> SH9
+                e3 = g >> SH18
+                present2 = (m[pb2 + root * n2 + (e2 >> SH6)] & BIT[e2 & M63]) != 0
+                present3 = (m[pb3 + root * n3 + (e3 >> SH6)] & BIT[e3 & M63]) != 0
                 mirror_dpamt = private and dpamt
                 t = rec[r4]
                 done = False
-                if o == OP_UNMAP and lv != 1:
-                    if not (present2 if lv == 2 else present3):
+                if o == OP_UNMAP and lv != U64_ONE:
+                    if not (present2 if lv == U2 else present3):
                         n_unmaps += 1
                         n_missing += 1
                         done = True
@@ -1598,10 +1615,11 @@ def run_chunk(
                         n_missing += 1
                         done = True
                     else:
-                        li = 512 * _tfind(m, root, 1, g >> 9) + (g & 511)
+                        slot = _tfind(m, np.int64(root), 1, np.int64(g >> SH9))
+                        li = U512 * np.uint64(slot) + (g & M511)
                         ok = True
                         if mirror_dpamt:
-                            x = np.int64(lf[li]) - 1
+                            x = np.uint64(lf[li]) - U64_ONE
                             ri = refc + x
                             # Not PAMT.REMOVE, nor a range dpamt-alloc's caches pin.
                             ok = m[ri] > 1 and not (pin_check and m[cached + x] != 0)
@@ -1617,34 +1635,35 @@ def run_chunk(
                 elif (private and not tdx) or (w3 & M32) >= MAX_VCPUS_U:
                     pass
                 else:
-                    v = m[vmap + np.int64(w3 & M32)] - 1
-                    c = vcnt + 5 * v
+                    vs = m[uvmap + (w3 & M32)]
+                    v = np.uint64(vs - 1) if vs > 0 else U64_ZERO
+                    c = vcnt + U5 * v
                     covered = present or present2 or present3
                     if (
-                        v >= 0
-                        and (covered or lv == 1)
+                        vs > 0
+                        and (covered or lv == U64_ONE)
                         and m[vlive + v] != 0
-                        and m[c + K_DESC] >= min_desc
-                        and m[c + K_SPT] >= min_spt
-                        and m[c + K_HEADER] >= min_header
-                        and m[c + K_PAMT] >= target
-                        and m[c + K_SEPT] >= min_sept
+                        and m[c] >= min_desc
+                        and m[c + KU_SPT] >= min_spt
+                        and m[c + KU_HEADER] >= min_header
+                        and m[c + KU_PAMT] >= target
+                        and m[c + KU_SEPT] >= min_sept
                     ):
                         if covered:
                             n_spurious += 1
                             done = True
                             end = t
                         else:
-                            s1 = _tfind(m, root, 1, g >> 9)
+                            s1 = _tfind(m, np.int64(root), 1, np.int64(g >> SH9))
                             if s1 >= 0 and m[m[O_SSPT] + s1] != 0:
-                                x = 0
+                                x = U64_ZERO
                                 ok = True
                                 if mirror_dpamt:
-                                    x = np.int64(rec[r4 + 2]) >> 9
+                                    x = rec[r4 + 2] >> SH9
                                     # Not PAMT.ADD, nor a range dpamt-alloc's caches pin.
                                     ok = m[refc + x] > 0 and not (pin_check and m[cached + x] != 0)
                                 if ok:
-                                    lf[512 * s1 + (g & 511)] = x + 1
+                                    lf[U512 * np.uint64(s1) + (g & M511)] = x + U64_ONE
                                     m[wi] |= bit
                                     m[C_LEAVES_4K] += 1
                                     if mirror_dpamt:
@@ -1657,7 +1676,7 @@ def run_chunk(
                             if private:
                                 n_private += 1
                             start_t = t
-                            busy = u[N_U + v]
+                            busy = u[NU + v]
                             if busy > t:
                                 start_t = busy
                                 _add128(u, U_DELAY, busy - t)
@@ -1676,7 +1695,7 @@ def run_chunk(
                                     u[U_LAT_MAX] = d
                                 m[HB] += 1
                                 m[HB_LAT + _lat_bucket(d)] += 1
-                            u[N_U + v] = end
+                            u[NU + v] = end
                 if done:
                     # The event's place in time (see _tick), with the gap summed.
                     if seen:
