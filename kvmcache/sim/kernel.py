@@ -329,6 +329,9 @@ SH32 = np.uint64(32)
 SH40 = np.uint64(40)
 SH48 = np.uint64(48)
 MAX_VCPUS_U = np.uint64(MAX_VCPUS)
+# Values of a vCPU slot's live mark (m[O_VLIVE + v]): 0 not live.
+LIVE = 1
+READY = 2  # live, and its top-up would add nothing: the fast path takes its faults
 # Unsigned constants of the fast path (an index mixing int64 and uint64 would be a float).
 SH6 = np.uint64(6)
 SH9 = np.uint64(9)
@@ -337,13 +340,8 @@ M63 = np.uint64(63)
 M511 = np.uint64(511)
 U2 = np.uint64(2)
 U3 = np.uint64(3)
-U5 = np.uint64(5)
 U512 = np.uint64(512)
 NU = np.uint64(N_U)
-KU_SPT = np.uint64(K_SPT)
-KU_SEPT = np.uint64(K_SEPT)
-KU_HEADER = np.uint64(K_HEADER)
-KU_PAMT = np.uint64(K_PAMT)
 U64_ONE = np.uint64(1)
 #: BIT[k] = 1 << k as int64 (bit 63 included), for the presence bitmap.
 BIT = (np.uint64(1) << np.arange(64, dtype=np.uint64)).view(np.int64)
@@ -1119,7 +1117,7 @@ def _vcpu_create(m, u, v):
             m[row + i] = p
             if m[P_DPAMT] != 0:
                 _get(m, u, p, False, v)
-    m[m[O_VLIVE] + v] = 1
+    m[m[O_VLIVE] + v] = LIVE
     _topup(m, u, v)
     if m[G_ROOTS] == 0:
         if m[P_TDX] != 0:
@@ -1558,17 +1556,11 @@ def run_chunk(
     pb3 = np.uint64(m[O_PB3])
     n3 = np.uint64(m[Z_PB3])
     vlive = np.uint64(m[O_VLIVE])
-    vcnt = np.uint64(m[O_VCNT])
     refc = np.uint64(m[O_REFC])
     cached = np.uint64(m[O_CACHED])
     uvmap = np.uint64(vmap)
     dpamt = m[P_DPAMT] != 0
     pin_check = m[P_STRAT] == S_ALLOC
-    min_desc = m[P_MIN_DESC]
-    min_spt = m[P_MIN_SPT]
-    min_header = m[P_MIN_HEADER]
-    target = m[P_PAMT_TARGET]
-    min_sept = m[P_MIN_SEPT] if tdx and m[P_STRAT] != S_PREALLOC else 0
     ns_fault = u[U_NS_FAULT]
     last = u[U_LAST_TS]
     gaps = U64_ZERO
@@ -1637,18 +1629,9 @@ def run_chunk(
                 else:
                     vs = m[uvmap + (w3 & M32)]
                     v = np.uint64(vs - 1) if vs > 0 else U64_ZERO
-                    c = vcnt + U5 * v
                     covered = present or present2 or present3
-                    if (
-                        vs > 0
-                        and (covered or lv == U64_ONE)
-                        and m[vlive + v] != 0
-                        and m[c] >= min_desc
-                        and m[c + KU_SPT] >= min_spt
-                        and m[c + KU_HEADER] >= min_header
-                        and m[c + KU_PAMT] >= target
-                        and m[c + KU_SEPT] >= min_sept
-                    ):
+                    # READY: live, and its top-up would add nothing (see the general path).
+                    if vs > 0 and (covered or lv == U64_ONE) and m[vlive + v] == READY:
                         if covered:
                             n_spurious += 1
                             done = True
@@ -1791,6 +1774,13 @@ def run_chunk(
             _vm_create(m, u)
         else:
             _vm_destroy(m, lf, u)
+        if uses_vcpu:
+            # The fast path takes this vCPU's faults while it is READY: live, with every
+            # cache at or above its minimum. Only its own events change its caches (a VM
+            # destroy ends every vCPU), so this is the one place the mark can change.
+            at = m[O_VLIVE] + v
+            if m[at] != 0:
+                m[at] = LIVE if _needs_topup(m, v) else READY
         last = u[U_LAST_TS]
         seen = True
         if m[G_ERR] != E_NONE:
