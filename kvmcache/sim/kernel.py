@@ -160,6 +160,10 @@ O_PB2 = 98
 Z_PB2 = 99
 O_PB3 = 100
 Z_PB3 = 101
+# A dense index of the level-1 tables over the same gfns: word r * Z_L1 + gfn / 512 holds the
+# table's slot + 1 (0: none yet), so the fast path finds a 4 KiB leaf without the hash.
+O_L1 = 102
+Z_L1 = 103
 # Counters and the histograms:
 CB = 128
 HB = 256  # fault_pages, 17 buckets
@@ -849,6 +853,8 @@ def _tslot(m, root, k, idx):
     m[at] = key
     m[at + 1] = slot
     m[m[O_SKEY] + slot] = key
+    if k == 1 and 0 <= idx < m[Z_L1]:
+        m[m[O_L1] + root * m[Z_L1] + idx] = slot + 1
     return slot
 
 
@@ -1559,6 +1565,9 @@ def run_chunk(
     refc = np.uint64(m[O_REFC])
     cached = np.uint64(m[O_CACHED])
     uvmap = np.uint64(vmap)
+    l1 = np.uint64(m[O_L1])
+    nl1 = np.uint64(m[Z_L1])
+    sspt = m[O_SSPT]
     dpamt = m[P_DPAMT] != 0
     pin_check = m[P_STRAT] == S_ALLOC
     ns_fault = u[U_NS_FAULT]
@@ -1607,8 +1616,8 @@ def run_chunk(
                         n_missing += 1
                         done = True
                     else:
-                        slot = _tfind(m, np.int64(root), 1, np.int64(g >> SH9))
-                        li = U512 * np.uint64(slot) + (g & M511)
+                        slot = np.uint64(m[l1 + root * nl1 + (g >> SH9)]) - U64_ONE
+                        li = U512 * slot + (g & M511)
                         ok = True
                         if mirror_dpamt:
                             x = np.uint64(lf[li]) - U64_ONE
@@ -1637,8 +1646,8 @@ def run_chunk(
                             done = True
                             end = t
                         else:
-                            s1 = _tfind(m, np.int64(root), 1, np.int64(g >> SH9))
-                            if s1 >= 0 and m[m[O_SSPT] + s1] != 0:
+                            s1 = m[l1 + root * nl1 + (g >> SH9)] - 1
+                            if s1 >= 0 and m[sspt + s1] != 0:
                                 x = U64_ZERO
                                 ok = True
                                 if mirror_dpamt:

@@ -66,6 +66,7 @@ REGIONS = (
     ("pbits", K.O_PBITS),
     ("pb2", K.O_PB2),
     ("pb3", K.O_PB3),
+    ("l1", K.O_L1),
     ("skey", K.O_SKEY),
     ("sspt", K.O_SSPT),
     ("ssept", K.O_SSEPT),
@@ -133,6 +134,7 @@ def _sizes(m: np.ndarray) -> dict[str, int]:
         "pbits": 2 * int(m[K.Z_PBITS]),
         "pb2": 2 * int(m[K.Z_PB2]),
         "pb3": 2 * int(m[K.Z_PB3]),
+        "l1": 2 * int(m[K.Z_L1]),
         "skey": ns,
         "sspt": ns,
         "ssept": ns,
@@ -245,6 +247,7 @@ def build(
     # 2 MiB and 1 GiB leaves over the same gfns, in whole tables (8 words of 512 bits).
     fixed[K.Z_PB2] = 8 * -(-int(fixed[K.Z_PBITS]) // 512)
     fixed[K.Z_PB3] = 8 * -(-int(fixed[K.Z_PBITS]) // (512 * 512))
+    fixed[K.Z_L1] = int(fixed[K.Z_PBITS]) // 8  # one word per level-1 table of those gfns
     _size_tables(fixed, INITIAL_SLOTS)
     m = _layout(fixed)
     lf = np.zeros(512 * INITIAL_SLOTS, dtype=np.uint32)
