@@ -627,7 +627,7 @@ def test_digest_is_the_same_from_a_pipe_and_in_chunks(capsys, tmp_path):
 
     header, events = read_yaml(G07)
     whole = digest_events(header, events)
-    assert replay_events(header, events, chunk_events=1).trace_digest == whole
+    assert replay_events(header, events, chunk_events=1, digest=True).trace_digest == whole
     d = TraceDigest(header)
     for e in events:
         d.update(events[:0])  # empty chunks change nothing

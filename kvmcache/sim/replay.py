@@ -319,15 +319,16 @@ def replay_many(
     progress: Progress | None = None,
     timeline_every: int = 0,
     threads: int = 0,
-    digest: bool = True,
+    digest: bool = False,
 ) -> list[ReplayResult]:
     """Replay one trace under several strategies in one pass over its events.
 
     Each chunk is read (and validated) once and then run through one kernel state per
     strategy; with ``threads`` > 1 the strategies of a chunk run in parallel threads
-    (the kernel releases the GIL). Each result carries the trace's content digest
-    (:mod:`kvmcache.trace.digest`), computed on the reader thread as the chunks stream by,
-    unless ``digest`` is False (a sweep replays one trace many times and needs none).
+    (the kernel releases the GIL). With ``digest``, each result carries the trace's
+    content digest (:mod:`kvmcache.trace.digest`), hashed on a thread of its own as the
+    chunks stream by; the commands ask for it when a report or a gate uses it (SHA-256
+    costs about as much as one strategy's pass, so library callers opt in).
     """
     header = source.header
     merged = dict(params) if params is not None else resolve_params(header, config, overrides)
