@@ -1471,6 +1471,42 @@ def chunk_valid(rec: np.ndarray, gfn_limit: np.uint64, pfn_limit: np.uint64, tdx
     return True
 
 
+#: The trace digest's constants (trace/digest.py, scheme kvh1), as u64.
+DK1 = np.uint64(0x9E3779B97F4A7C15)
+DK2 = np.uint64(0xC2B2AE3D27D4EB4F)
+DK3 = np.uint64(0x165667B19E3779F9)
+DM1 = np.uint64(0xBF58476D1CE4E5B9)
+DM2 = np.uint64(0x94D049BB133111EB)
+SH27 = np.uint64(27)
+SH30 = np.uint64(30)
+SH31 = np.uint64(31)
+
+
+@njit(**JIT)
+def _dmix(x):
+    x ^= x >> SH30
+    x *= DM1
+    x ^= x >> SH27
+    x *= DM2
+    return x ^ (x >> SH31)
+
+
+@njit(**JIT)
+def digest_lanes(rec: np.ndarray, first: np.uint64, out: np.ndarray) -> None:
+    """The trace digest's two lane sums over ``rec`` (``records_u64``), whose first word is
+    word ``first`` of the trace, into ``out[0]`` and ``out[1]`` (see trace/digest.py)."""
+    a = out[0]
+    b = out[1]
+    j = first
+    for k in range(rec.shape[0]):
+        w = rec[k]
+        a += _dmix(w + j * DK1)
+        b += _dmix(w ^ (j * DK2 + DK3))
+        j += U64_ONE
+    out[0] = a
+    out[1] = b
+
+
 @njit(**JIT)
 def _tick(m, u, t):
     """Count an event at ts t: ts going backwards, and the idle pages after the previous
