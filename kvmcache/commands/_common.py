@@ -86,6 +86,24 @@ def first_run_note() -> None:
         print(FIRST_RUN_NOTE, file=sys.stderr, flush=True)
 
 
+def replay_with_progress(
+    trace: str, source, allocs: list[str], *, no_progress: bool, label: str = "replay", **kwargs
+) -> list:
+    """``replay_many`` of ``source`` under ``allocs`` behind a progress bar, then the ``-v``
+    line (events, content digest, time); ``kwargs`` go to ``replay_many``."""
+    from kvmcache import verbosity
+    from kvmcache.sim.replay import replay_many
+
+    with progress_bar(source.header.count, not no_progress, label=label) as progress:
+        started = time.perf_counter()
+        results = replay_many(source, allocs, progress=progress, **kwargs)
+    verbosity.detail(
+        f"{trace}: {results[0].counters['events']:,} events, content {results[0].trace_digest}; "
+        f"replayed in {time.perf_counter() - started:.2f} s"
+    )
+    return results
+
+
 @contextmanager
 def progress_bar(
     total: int | None, enabled: bool, label: str = "replay"

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import time
 
 import click
 
-from kvmcache import verbosity
 from kvmcache.commands import _common as common
 from kvmcache.commands import _gates as gating
 from kvmcache.report.formats import Report
@@ -83,7 +81,7 @@ def command(
     Every figure of the table is defined in docs/figures.md.
     """
     from kvmcache.jit import use_python
-    from kvmcache.sim.replay import all_strategies_for, replay_many, resolve_params
+    from kvmcache.sim.replay import all_strategies_for, resolve_params
     from kvmcache.trace import open_trace
 
     common.check_outputs(
@@ -99,19 +97,15 @@ def command(
     gate.check_before(source.header, strategies, params)
     if threads == 0:
         threads = min(len(strategies), os.cpu_count() or 1)
-    with common.progress_bar(source.header.count, not no_progress, label="compare") as progress:
-        started = time.perf_counter()
-        results = replay_many(
-            source,
-            strategies,
-            params=params,
-            progress=progress,
-            threads=threads,
-            digest=gating.wants_digest(gate, fmt),
-        )
-    verbosity.detail(
-        f"{trace}: {results[0].counters['events']:,} events, content {results[0].trace_digest}; "
-        f"replayed in {time.perf_counter() - started:.2f} s"
+    results = common.replay_with_progress(
+        trace,
+        source,
+        strategies,
+        no_progress=no_progress,
+        label="compare",
+        params=params,
+        threads=threads,
+        digest=gating.wants_digest(gate, fmt),
     )
 
     from kvmcache.report.documents import compare_document

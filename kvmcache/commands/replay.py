@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import time
-
 import click
 
-from kvmcache import verbosity
 from kvmcache.commands import _common as common
 from kvmcache.commands import _gates as gating
 from kvmcache.report.formats import Report
@@ -64,7 +61,7 @@ def command(
     Every figure of the report is defined in docs/figures.md.
     """
     from kvmcache.jit import use_python
-    from kvmcache.sim.replay import replay, resolve_params
+    from kvmcache.sim.replay import resolve_params
     from kvmcache.trace import open_trace
 
     common.check_outputs(
@@ -83,19 +80,14 @@ def command(
         from kvmcache.report.timeline import default_every
 
         sample_every = every or default_every(source.header.count)
-    with common.progress_bar(source.header.count, not no_progress) as progress:
-        started = time.perf_counter()
-        result = replay(
-            source,
-            alloc,
-            params=params,
-            progress=progress,
-            timeline_every=sample_every,
-            digest=gating.wants_digest(gate, fmt),
-        )
-    verbosity.detail(
-        f"{trace}: {result.counters['events']:,} events, content {result.trace_digest}; "
-        f"replayed in {time.perf_counter() - started:.2f} s"
+    (result,) = common.replay_with_progress(
+        trace,
+        source,
+        [alloc],
+        no_progress=no_progress,
+        params=params,
+        timeline_every=sample_every,
+        digest=gating.wants_digest(gate, fmt),
     )
     if timeline_path:
         from kvmcache.report.timeline import write_timeline
