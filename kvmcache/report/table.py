@@ -128,7 +128,11 @@ def time_rows(result: ReplayResult) -> list[tuple[str, str]]:
     hist = result.histograms.get("fault_latency", [])
     n = sum(hist)
     pcts = " / ".join(percentile_text(hist, q) for _, q in PERCENTILES)
-    mean = f"{duration(c['fault_latency_ns'] // n)} over {fmt_int(n)} faults" if n else "no fault"
+    mean = (
+        f"{duration(c['fault_latency_ns'] // n)} over {fmt_int(n)} fault{'s' if n != 1 else ''}"
+        if n
+        else "no fault"
+    )
     return [
         ("allocating outside the lock (top-ups)", duration(c["time_topup_ns"])),
         (
