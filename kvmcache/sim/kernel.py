@@ -33,6 +33,11 @@ from kvmcache.sim.counters import (
     N_COUNTERS,
     STRATEGIES,
 )
+from kvmcache.trace.digest import K1 as DIGEST_K1
+from kvmcache.trace.digest import K2 as DIGEST_K2
+from kvmcache.trace.digest import K3 as DIGEST_K3
+from kvmcache.trace.digest import M1 as DIGEST_M1
+from kvmcache.trace.digest import M2 as DIGEST_M2
 from kvmcache.trace.events import MAX_VCPUS as TRACE_MAX_VCPUS
 from kvmcache.trace.events import (
     OP_FAULT,
@@ -317,6 +322,7 @@ LAYOUT = zlib.crc32(
     repr(
         (COUNTERS, STRATEGIES, CACHES, HISTOGRAMS, FAULT_PAGES_BUCKETS, TIMELINE_COLUMNS)
         + (FAULT_LATENCY_BUCKETS, HB_LAT, N_U)
+        + (DIGEST_K1, DIGEST_K2, DIGEST_K3, DIGEST_M1, DIGEST_M2)
         + (OP_FAULT, OP_SPLIT, OP_UNMAP, OP_VCPU_CREATE, OP_VCPU_DESTROY, OP_VM_CREATE)
         + (CB, HB, FIXED, N_T)
     ).encode()
@@ -1471,12 +1477,12 @@ def chunk_valid(rec: np.ndarray, gfn_limit: np.uint64, pfn_limit: np.uint64, tdx
     return True
 
 
-#: The trace digest's constants (trace/digest.py, scheme kvh1), as u64.
-DK1 = np.uint64(0x9E3779B97F4A7C15)
-DK2 = np.uint64(0xC2B2AE3D27D4EB4F)
-DK3 = np.uint64(0x165667B19E3779F9)
-DM1 = np.uint64(0xBF58476D1CE4E5B9)
-DM2 = np.uint64(0x94D049BB133111EB)
+#: The trace digest's constants (defined in trace/digest.py, scheme kvh1), as u64.
+DK1 = np.uint64(DIGEST_K1)
+DK2 = np.uint64(DIGEST_K2)
+DK3 = np.uint64(DIGEST_K3)
+DM1 = np.uint64(DIGEST_M1)
+DM2 = np.uint64(DIGEST_M2)
 SH27 = np.uint64(27)
 SH30 = np.uint64(30)
 SH31 = np.uint64(31)
