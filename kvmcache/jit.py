@@ -112,6 +112,39 @@ def njit(*signature: Any, **options: Any) -> Callable[[Callable], Callable]:
     return compiled(*signature, **options)
 
 
+def prefetch_function() -> Callable[[Any, Any], None]:
+    """``prefetch(a, i)`` for jitted code: ask the CPU for the cache line of ``a[i]`` (a
+    read, kept in every cache level) and go on without waiting; it never faults. Emits
+    LLVM's ``llvm.prefetch``. A no-op in Python mode and with the JIT disabled."""
+    if _python or os.environ.get("NUMBA_DISABLE_JIT", "0") != "0":
+
+        def prefetch(a: Any, i: Any) -> None:
+            return None
+
+        return prefetch
+    from llvmlite import ir
+    from numba.core import cgutils, types
+    from numba.extending import intrinsic
+
+    i8p = ir.IntType(8).as_pointer()
+    i32 = ir.IntType(32)
+    fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+
+    @intrinsic
+    def prefetch(typingctx: Any, a: Any, i: Any) -> Any:
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            ary = context.make_array(sig.args[0])(context, builder, args[0])
+            at = builder.bitcast(builder.gep(ary.data, [args[1]]), i8p)
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+            # read (0), locality 3 (keep in all levels), data cache (1)
+            builder.call(fn, [at, i32(0), i32(3), i32(1)])
+            return context.get_dummy_value()
+
+        return types.void(a, i), codegen
+
+    return prefetch
+
+
 def compiled(*signature: Any, **options: Any) -> Callable[[Callable], Callable]:
     """``numba.njit(*signature, **options)``, always compiled (the synth and import helpers
     use it directly). With ``cache=True`` and no writable numba cache, the kernels are

@@ -22,7 +22,7 @@ import zlib
 
 import numpy as np
 
-from kvmcache.jit import njit
+from kvmcache.jit import njit, prefetch_function
 from kvmcache.results import TIMELINE_COLUMNS
 from kvmcache.sim.counters import (
     CACHES,
@@ -147,7 +147,7 @@ Z_NRANGES = 86
 Z_HCAP = 87  # hash capacity (a power of two)
 Z_HSHIFT = 88  # 64 - log2(Z_HCAP)
 Z_SLOTS = 89  # table slot capacity; leaves of slot s are lf[512 s .. 512 s + 511]
-O_PBITS = 90  # presence bitmap of 4 KiB leaves: bit gfn of root r at word r * Z_PBITS + gfn/64
+O_PBITS = 90  # presence bitmap of 4 KiB leaves: bit gfn of root r at word 2 * (gfn/64) + r
 Z_PBITS = 91  # words per root (a multiple of 8: whole 2 MiB regions); gfns beyond: lf only
 # Per-range state (refc, pair, cached) is indexed by a range index x. Dense (Z_RSPARSE 0):
 # x is the range itself, over every range of the host. Sparse (a huge host): x is given out
@@ -160,12 +160,13 @@ Z_RHCAP = 95  # range hash capacity (a power of two)
 Z_RHSHIFT = 96
 G_NRANGES = 97  # range indices given out (sparse)
 # Presence bitmaps of 2 MiB and 1 GiB leaves, beside the 4 KiB one (O_PBITS): bit e of root
-# r (e = gfn >> 9 or gfn >> 18) at word r * Z + e / 64, over the same gfns.
+# r (e = gfn >> 9 or gfn >> 18) at word 2 * (e / 64) + r, over the same gfns. The roots are
+# interleaved word by word so that the fast path adds the root instead of a row offset.
 O_PB2 = 98
 Z_PB2 = 99
 O_PB3 = 100
 Z_PB3 = 101
-# A dense index of the level-1 tables over the same gfns: word r * Z_L1 + gfn / 512 holds the
+# A dense index of the level-1 tables over the same gfns: word 2 * (gfn / 512) + r holds the
 # table's slot + 1 (0: none yet), so the fast path finds a 4 KiB leaf without the hash.
 O_L1 = 102
 Z_L1 = 103
@@ -355,6 +356,15 @@ NU = np.uint64(N_U)
 U64_ONE = np.uint64(1)
 #: BIT[k] = 1 << k as int64 (bit 63 included), for the presence bitmap.
 BIT = (np.uint64(1) << np.arange(64, dtype=np.uint64)).view(np.int64)
+OP_FAULT_U = np.uint64(OP_FAULT)
+#: Software prefetch of the record stream, this many words (PF_EVENTS events) ahead: a chunk
+#: (32 MiB) streams from memory, and the loop's loads depend on each record's words, which
+#: stalls it on every page the hardware prefetcher has not reached. Measured: ahead of 64 to
+#: 512 events all give the same; none costs about 2x on the spurious-fault path.
+PF_EVENTS = 256
+PF_WORDS = np.uint64(4 * PF_EVENTS)
+prefetch = prefetch_function()
+OP_UNMAP_U = np.uint64(OP_UNMAP)
 
 
 # ---------------------------------------------------------------------------------------
@@ -860,7 +870,7 @@ def _tslot(m, root, k, idx):
     m[at + 1] = slot
     m[m[O_SKEY] + slot] = key
     if k == 1 and 0 <= idx < m[Z_L1]:
-        m[m[O_L1] + root * m[Z_L1] + idx] = slot + 1
+        m[m[O_L1] + 2 * idx + root] = slot + 1
     return slot
 
 
@@ -1009,7 +1019,7 @@ def _pbit_word(m, root, gfn):
     n = m[Z_PBITS]
     if w >= n or w < 0:
         return -1
-    return m[O_PBITS] + root * n + w
+    return m[O_PBITS] + 2 * w + root
 
 
 @njit(**JIT)
@@ -1039,7 +1049,7 @@ def _lbit_set(m, root, g, gfn, on):
     e = gfn >> (9 * (g - 1))
     w = e >> 6
     if 0 <= w < n:
-        i = base + root * n + w
+        i = base + 2 * w + root
         if on:
             m[i] |= BIT[e & 63]
         else:
@@ -1052,9 +1062,9 @@ def _pbits_block(m, root, k, idx, value):
     base, n = _lbits(m, k)
     w = idx * 8
     if 0 <= w and w + 8 <= n:
-        i = base + root * n + w
+        i = base + 2 * w + root
         for j in range(8):
-            m[i + j] = value
+            m[i + 2 * j] = value
 
 
 @njit(**JIT)
@@ -1528,19 +1538,6 @@ def _tick(m, u, t):
 
 
 @njit(**JIT)
-def _add_fast_counts(m, n_ev, n_faults, n_private, n_spurious, n_unmaps, n_missing, n_back):
-    """The fast path's counts, kept in registers, into the counters."""
-    m[C_EVENTS] += n_ev
-    m[C_FAULTS] += n_faults
-    m[C_FAULTS_PRIVATE] += n_private
-    m[C_FAULTS_SHARED] += n_faults - n_private
-    m[C_FAULTS_SPURIOUS] += n_spurious
-    m[C_UNMAPS] += n_unmaps
-    m[C_UNMAPS_MISSING] += n_missing
-    m[C_TS_BACKWARDS] += n_back
-
-
-@njit(**JIT)
 def _lat_bucket(d):
     """fault_latency bucket of d ns: 0 below 128 ns, then one per power of two up to 31."""
     b = 0
@@ -1551,6 +1548,174 @@ def _lat_bucket(d):
             x >>= U64_ONE
             b += 1
     return b
+
+
+@njit(**JIT)
+def _fast_run(m, lf, u, rec, start, n):
+    """Apply the events of a chunk from index ``start`` on while they take the fast path;
+    return the index of the first one that does not (or n).
+
+    The fast path applies the common events when they take the simple path of the model
+    (nothing else of the state changes):
+    - a fault of a live vCPU whose top-up would add nothing, on a gfn of the presence
+      bitmaps, that is spurious (a leaf of any level covers it) or maps a 4 KiB leaf into
+      an existing level-1 table (no link) with a get that takes the refcount fast path;
+    - an unmap of a leaf that is missing, or of a present 4 KiB leaf with a fast-path put.
+    A present level-1 table excludes a 2 MiB or 1 GiB leaf over it (mirror faults fit
+    under tables, direct ones collapse them), so the bitmaps answer the spurious check
+    alone. Between general events the cache pages stay idle in the same number, so the
+    fast path only sums the ts gaps (``gaps``) and multiplies once when it returns.
+    Its loop makes no call in the common case and keeps few values alive, so that they
+    stay in registers; run_chunk calls it only when no event needs the general path (no
+    timeline samples) and the host is dense (a new sparse range index may need the
+    driver to grow). The first event of a trace (no gap before it) takes the general path.
+    """
+    i = np.uint64(start)
+    end = np.uint64(n)
+    if m[C_EVENTS] == 0:
+        return start
+    npw = np.uint64(m[Z_PBITS])
+    pb1 = np.uint64(m[O_PBITS])
+    pb2 = np.uint64(m[O_PB2])
+    pb3 = np.uint64(m[O_PB3])
+    l1 = np.uint64(m[O_L1])
+    vmap = np.uint64(m[O_VMAP])
+    vlive = np.uint64(m[O_VLIVE])
+    # Private faults on vmx and vCPU ids beyond the map go to the general path (errors).
+    private_ok = U64_ONE if m[P_TDX] != 0 else U64_ZERO
+    last = u[U_LAST_TS]
+    gaps = U64_ZERO
+    n_spurious = 0
+    n_new = 0
+    n_private = 0
+    n_unmaps = 0
+    n_missing = 0
+    n_back = 0
+    nw = end << U2
+    while i < end:
+        r4 = i << U2
+        pf = r4 + PF_WORDS
+        prefetch(rec, pf if pf < nw else r4)
+        w3 = rec[r4 + U3]
+        g = rec[r4 + U64_ONE]
+        t = rec[r4]
+        o = (w3 >> SH32) & M8
+        lv = (w3 >> SH40) & M8
+        p = (w3 >> SH48) & U64_ONE  # the root: 0 mirror (private), 1 direct
+        root = p ^ U64_ONE
+        w = g >> SH6
+        if w >= npw or lv - U64_ONE > U64_ONE + U64_ONE:
+            break
+        e2 = g >> SH9
+        e3 = g >> SH18
+        bit = U64_ONE << (g & M63)
+        wi = pb1 + (w << U64_ONE) + root
+        b1 = np.uint64(m[wi]) & bit
+        b2 = np.uint64(m[pb2 + ((e2 >> SH6) << U64_ONE) + root]) & (U64_ONE << (e2 & M63))
+        b3 = np.uint64(m[pb3 + ((e3 >> SH6) << U64_ONE) + root]) & (U64_ONE << (e3 & M63))
+        if o == OP_UNMAP_U:
+            if lv != U64_ONE:
+                if (b2 if lv == U2 else b3) != U64_ZERO:
+                    break
+                n_missing += 1
+            elif b1 == U64_ZERO:
+                n_missing += 1
+            else:
+                li = (np.uint64(m[l1 + (e2 << U64_ONE) + root]) << SH9) - U512 + (g & M511)
+                if p != U64_ZERO and m[P_DPAMT] != 0:
+                    x = np.uint64(lf[li]) - U64_ONE
+                    ri = np.uint64(m[O_REFC]) + x
+                    # Not PAMT.REMOVE, nor a range dpamt-alloc's caches pin.
+                    if m[ri] <= 1 or (m[P_STRAT] == S_ALLOC and m[np.uint64(m[O_CACHED]) + x] != 0):
+                        break
+                    m[ri] -= 1
+                    m[C_PUT] += 1
+                    m[C_PUT_FAST] += 1
+                lf[li] = 0
+                m[wi] &= ~np.int64(bit)
+            n_unmaps += 1
+        elif o == OP_FAULT_U:
+            vid = w3 & M32
+            if vid >= MAX_VCPUS_U or p > private_ok:
+                break
+            vs = np.uint64(m[vmap + vid])
+            # READY: live, and its top-up would add nothing (see the general path).
+            if vs == U64_ZERO or m[vlive + vs - U64_ONE] != READY:
+                break
+            busy = u[NU + vs - U64_ONE]
+            if b1 | b2 | b3 != U64_ZERO:
+                n_spurious += 1
+                if busy > t:
+                    _add128(u, U_DELAY, busy - t)
+                else:
+                    busy = t
+            else:
+                if lv != U64_ONE:
+                    break
+                s1 = np.uint64(m[l1 + (e2 << U64_ONE) + root])
+                if s1 == U64_ZERO or m[np.uint64(m[O_SSPT]) + s1 - U64_ONE] == 0:
+                    break
+                x = U64_ZERO
+                dp = p != U64_ZERO and m[P_DPAMT] != 0
+                if dp:
+                    x = rec[r4 + U2] >> SH9
+                    ri = np.uint64(m[O_REFC]) + x
+                    # Not PAMT.ADD, nor a range dpamt-alloc's caches pin.
+                    if m[ri] <= 0 or (m[P_STRAT] == S_ALLOC and m[np.uint64(m[O_CACHED]) + x] != 0):
+                        break
+                    m[ri] += 1
+                    m[C_GET] += 1
+                    m[C_GET_FAST] += 1
+                lf[(s1 << SH9) - U512 + (g & M511)] = x + U64_ONE
+                m[wi] |= np.int64(bit)
+                m[C_LEAVES_4K] += 1
+                n_new += 1
+                if busy > t:
+                    _add128(u, U_DELAY, busy - t)
+                else:
+                    busy = t
+                # A locked section of ns_fault alone; no page obtained.
+                stop = busy + u[U_NS_FAULT]
+                if stop < busy:
+                    stop = U64_MAX
+                d = stop - busy
+                busy = stop
+                _add128(u, U_LOCKED, d)
+                if d > u[U_LOCKED_MAX]:
+                    u[U_LOCKED_MAX] = d
+                _add128(u, U_LAT, d)
+                if d > u[U_LAT_MAX]:
+                    u[U_LAT_MAX] = d
+                m[HB] += 1
+                m[HB_LAT + _lat_bucket(d)] += 1
+            n_private += np.int64(p)
+            u[NU + vs - U64_ONE] = busy
+        else:
+            break
+        # The event's place in time (see _tick), with the gap summed.
+        if t < last:
+            n_back += 1
+        else:
+            d = t - last
+            gaps += d
+            if gaps < d:  # the sum wrapped: multiply what it held
+                _add_page_ns(u, m[G_IDLE], gaps - d)
+                gaps = d
+        last = t
+        i += U64_ONE
+    n_faults = n_spurious + n_new
+    m[C_EVENTS] += np.int64(i - np.uint64(start))
+    m[C_FAULTS] += n_faults
+    m[C_FAULTS_PRIVATE] += n_private
+    m[C_FAULTS_SHARED] += n_faults - n_private
+    m[C_FAULTS_SPURIOUS] += n_spurious
+    m[C_UNMAPS] += n_unmaps
+    m[C_UNMAPS_MISSING] += n_missing
+    m[C_TS_BACKWARDS] += n_back
+    if gaps != U64_ZERO and m[G_IDLE] > 0:
+        _add_page_ns(u, m[G_IDLE], gaps)
+    u[U_LAST_TS] = last
+    return np.int64(i)
 
 
 @njit(**JIT)
@@ -1584,176 +1749,19 @@ def run_chunk(
     # the leaf's and the split guest range's.
     rmax = m[Z_NRANGES] - m[P_GROW_MARGIN] - 4 if m[Z_RSPARSE] != 0 else m[Z_NRANGES]
     nsmax = m[P_NSAMPLES]
-    # The fast path: the common 4 KiB events, applied here, inline, when they take the
-    # simple path of the model (nothing else of the state changes):
-    # - a fault of a live vCPU whose top-up would add nothing, on a gfn of the presence
-    #   bitmap, that is spurious (its 4 KiB leaf is present) or maps into an existing
-    #   level-1 table (no link) with a get that takes the refcount fast path;
-    # - an unmap of a 4 KiB leaf that is missing, or present with a fast-path put.
-    # A present level-1 table excludes a 2 MiB or 1 GiB leaf over it (mirror faults fit
-    # under tables, direct ones collapse them), so the bitmap answers the spurious check
-    # alone. Between general events the cache pages stay idle in the same number, so the
-    # fast path only sums the ts gaps (``gaps``) and the general path multiplies once.
-    # It is off when every event must pass the general path (timeline samples) and on a
-    # sparse host (a new range index may need the driver to grow).
     fast = every == 0 and m[Z_RSPARSE] == 0
-    npw = np.uint64(m[Z_PBITS])
-    pbits = np.uint64(m[O_PBITS])
-    pb2 = np.uint64(m[O_PB2])
-    n2 = np.uint64(m[Z_PB2])
-    pb3 = np.uint64(m[O_PB3])
-    n3 = np.uint64(m[Z_PB3])
-    vlive = np.uint64(m[O_VLIVE])
-    refc = np.uint64(m[O_REFC])
-    cached = np.uint64(m[O_CACHED])
-    uvmap = np.uint64(vmap)
-    l1 = np.uint64(m[O_L1])
-    nl1 = np.uint64(m[Z_L1])
-    sspt = m[O_SSPT]
-    dpamt = m[P_DPAMT] != 0
-    pin_check = m[P_STRAT] == S_ALLOC
-    ns_fault = u[U_NS_FAULT]
-    last = u[U_LAST_TS]
-    gaps = U64_ZERO
-    # Counts of the fast path, in registers until the next general event (then added to m).
-    seen = m[C_EVENTS] > 0
-    n_ev = 0
-    n_faults = 0
-    n_private = 0
-    n_spurious = 0
-    n_unmaps = 0
-    n_missing = 0
-    n_back = 0
     n = rec.shape[0] >> 2
-    for i in range(start, n):
+    i = start - 1
+    while i + 1 < n:
+        i += 1
+        if fast:
+            i = _fast_run(m, lf, u, rec, i, n)
+            if i >= n:
+                break
         r4 = 4 * i
+        prefetch(rec, min(r4 + PF_EVENTS * 4, 4 * n - 1))
         w3 = rec[r4 + 3]
         o = np.int64((w3 >> SH32) & M8)
-        if fast and (o == OP_FAULT or o == OP_UNMAP):
-            # Unsigned indices throughout: no negative-index wrap-around code per access.
-            g = rec[r4 + 1]
-            w = g >> SH6
-            lv = (w3 >> SH40) & M8
-            if w < npw and lv >= U64_ONE and lv <= U3:
-                private = (w3 >> SH48) & U64_ONE != U64_ZERO
-                root = U64_ZERO if private else U64_ONE  # MIRROR, DIRECT
-                wi = pbits + root * npw + w
-                bit = BIT[g & M63]
-                present = (m[wi] & bit) != 0
-                e2 = g >> SH9
-                e3 = g >> SH18
-                present2 = (m[pb2 + root * n2 + (e2 >> SH6)] & BIT[e2 & M63]) != 0
-                present3 = (m[pb3 + root * n3 + (e3 >> SH6)] & BIT[e3 & M63]) != 0
-                mirror_dpamt = private and dpamt
-                t = rec[r4]
-                done = False
-                if o == OP_UNMAP and lv != U64_ONE:
-                    if not (present2 if lv == U2 else present3):
-                        n_unmaps += 1
-                        n_missing += 1
-                        done = True
-                elif o == OP_UNMAP:
-                    if not present:
-                        n_unmaps += 1
-                        n_missing += 1
-                        done = True
-                    else:
-                        slot = np.uint64(m[l1 + root * nl1 + (g >> SH9)]) - U64_ONE
-                        li = U512 * slot + (g & M511)
-                        ok = True
-                        if mirror_dpamt:
-                            x = np.uint64(lf[li]) - U64_ONE
-                            ri = refc + x
-                            # Not PAMT.REMOVE, nor a range dpamt-alloc's caches pin.
-                            ok = m[ri] > 1 and not (pin_check and m[cached + x] != 0)
-                            if ok:
-                                m[ri] -= 1
-                                m[C_PUT] += 1
-                                m[C_PUT_FAST] += 1
-                        if ok:
-                            n_unmaps += 1
-                            lf[li] = 0
-                            m[wi] &= ~bit
-                            done = True
-                elif (private and not tdx) or (w3 & M32) >= MAX_VCPUS_U:
-                    pass
-                else:
-                    vs = m[uvmap + (w3 & M32)]
-                    v = np.uint64(vs - 1) if vs > 0 else U64_ZERO
-                    covered = present or present2 or present3
-                    # READY: live, and its top-up would add nothing (see the general path).
-                    if vs > 0 and (covered or lv == U64_ONE) and m[vlive + v] == READY:
-                        if covered:
-                            n_spurious += 1
-                            done = True
-                            end = t
-                        else:
-                            s1 = m[l1 + root * nl1 + (g >> SH9)] - 1
-                            if s1 >= 0 and m[sspt + s1] != 0:
-                                x = U64_ZERO
-                                ok = True
-                                if mirror_dpamt:
-                                    x = rec[r4 + 2] >> SH9
-                                    # Not PAMT.ADD, nor a range dpamt-alloc's caches pin.
-                                    ok = m[refc + x] > 0 and not (pin_check and m[cached + x] != 0)
-                                if ok:
-                                    lf[U512 * np.uint64(s1) + (g & M511)] = x + U64_ONE
-                                    m[wi] |= bit
-                                    m[C_LEAVES_4K] += 1
-                                    if mirror_dpamt:
-                                        m[refc + x] += 1
-                                        m[C_GET] += 1
-                                        m[C_GET_FAST] += 1
-                                    done = True
-                        if done:
-                            n_faults += 1
-                            if private:
-                                n_private += 1
-                            start_t = t
-                            busy = u[NU + v]
-                            if busy > t:
-                                start_t = busy
-                                _add128(u, U_DELAY, busy - t)
-                            end = start_t
-                            if not covered:
-                                # A locked section of ns_fault alone; no page obtained.
-                                end = start_t + ns_fault
-                                if end < start_t:
-                                    end = U64_MAX
-                                d = end - start_t
-                                _add128(u, U_LOCKED, d)
-                                if d > u[U_LOCKED_MAX]:
-                                    u[U_LOCKED_MAX] = d
-                                _add128(u, U_LAT, d)
-                                if d > u[U_LAT_MAX]:
-                                    u[U_LAT_MAX] = d
-                                m[HB] += 1
-                                m[HB_LAT + _lat_bucket(d)] += 1
-                            u[NU + v] = end
-                if done:
-                    # The event's place in time (see _tick), with the gap summed.
-                    if seen:
-                        if t < last:
-                            n_back += 1
-                        else:
-                            d = t - last
-                            gaps += d
-                            if gaps < d:  # the sum wrapped: multiply what it held
-                                _add_page_ns(u, m[G_IDLE], gaps - d)
-                                gaps = d
-                    last = t
-                    seen = True
-                    n_ev += 1
-                    continue
-        # The general path. Settle the fast path's counts and summed gaps first.
-        if n_ev != 0:
-            _add_fast_counts(m, n_ev, n_faults, n_private, n_spurious, n_unmaps, n_missing, n_back)
-            n_ev = n_faults = n_private = n_spurious = n_unmaps = n_missing = n_back = 0
-        if gaps != U64_ZERO:
-            if m[G_IDLE] > 0:
-                _add_page_ns(u, m[G_IDLE], gaps)
-            gaps = U64_ZERO
-        u[U_LAST_TS] = last
         uses_vcpu = o == OP_FAULT or o == OP_VCPU_CREATE or o == OP_VCPU_DESTROY
         v = 0
         if uses_vcpu:
@@ -1832,16 +1840,10 @@ def run_chunk(
             at = m[O_VLIVE] + v
             if m[at] != 0:
                 m[at] = LIVE if _needs_topup(m, v) else READY
-        last = u[U_LAST_TS]
-        seen = True
         if m[G_ERR] != E_NONE:
             return ST_ERROR, i
         if every > 0 and m[C_EVENTS] % every == 0:
             _sample(m, t)
-    _add_fast_counts(m, n_ev, n_faults, n_private, n_spurious, n_unmaps, n_missing, n_back)
-    if gaps != U64_ZERO and m[G_IDLE] > 0:
-        _add_page_ns(u, m[G_IDLE], gaps)
-    u[U_LAST_TS] = last
     return ST_OK, n
 
 
