@@ -1571,7 +1571,9 @@ def _fast_run(m, lf, u, rec, start, n):
     driver to grow). The first event of a trace (no gap before it) takes the general path.
     """
     i = np.uint64(start)
-    end = np.uint64(n)
+    # At most 2^31 events per call, so that the sums kept as counts fit (the event after
+    # takes the general path, which gives the same result).
+    end = np.uint64(min(n, start + (1 << 31)))
     if m[C_EVENTS] == 0:
         return start
     npw = np.uint64(m[Z_PBITS])
@@ -1591,6 +1593,8 @@ def _fast_run(m, lf, u, rec, start, n):
     n_unmaps = 0
     n_missing = 0
     n_back = 0
+    n_sect = 0
+    ns_fault = u[U_NS_FAULT]
     nw = end << U2
     while i < end:
         r4 = i << U2
@@ -1674,20 +1678,23 @@ def _fast_run(m, lf, u, rec, start, n):
                     _add128(u, U_DELAY, busy - t)
                 else:
                     busy = t
-                # A locked section of ns_fault alone; no page obtained.
-                stop = busy + u[U_NS_FAULT]
+                # A locked section of ns_fault alone; no page obtained. Counted when the
+                # loop ends (n_sect of them), unless the clock saturates.
+                stop = busy + ns_fault
                 if stop < busy:
                     stop = U64_MAX
-                d = stop - busy
+                    d = stop - busy
+                    _add128(u, U_LOCKED, d)
+                    if d > u[U_LOCKED_MAX]:
+                        u[U_LOCKED_MAX] = d
+                    _add128(u, U_LAT, d)
+                    if d > u[U_LAT_MAX]:
+                        u[U_LAT_MAX] = d
+                    m[HB] += 1
+                    m[HB_LAT + _lat_bucket(d)] += 1
+                else:
+                    n_sect += 1
                 busy = stop
-                _add128(u, U_LOCKED, d)
-                if d > u[U_LOCKED_MAX]:
-                    u[U_LOCKED_MAX] = d
-                _add128(u, U_LAT, d)
-                if d > u[U_LAT_MAX]:
-                    u[U_LAT_MAX] = d
-                m[HB] += 1
-                m[HB_LAT + _lat_bucket(d)] += 1
             n_private += np.int64(p)
             u[NU + vs - U64_ONE] = busy
         else:
@@ -1712,6 +1719,16 @@ def _fast_run(m, lf, u, rec, start, n):
     m[C_UNMAPS] += n_unmaps
     m[C_UNMAPS_MISSING] += n_missing
     m[C_TS_BACKWARDS] += n_back
+    if n_sect != 0:  # n_sect sections of ns_fault each (the product fits: n < 2^32)
+        total = np.uint64(n_sect) * ns_fault
+        _add128(u, U_LOCKED, total)
+        _add128(u, U_LAT, total)
+        if ns_fault > u[U_LOCKED_MAX]:
+            u[U_LOCKED_MAX] = ns_fault
+        if ns_fault > u[U_LAT_MAX]:
+            u[U_LAT_MAX] = ns_fault
+        m[HB] += n_sect
+        m[HB_LAT + _lat_bucket(ns_fault)] += n_sect
     if gaps != U64_ZERO and m[G_IDLE] > 0:
         _add_page_ns(u, m[G_IDLE], gaps)
     u[U_LAST_TS] = last
