@@ -2,7 +2,7 @@
 
     python benchmarks/instructions.py [--events 200000 1200000] [--strategies all]
         [--only spurious-4k,unmap-missing-4k,map-unmap-4k,spurious-2m,steady,boot]
-        [--repeat 3] [--keep DIR]
+        [--repeat 3] [--keep DIR] [--anatomy]
 
 What is measured: whatever kvmcache tree this script sits in (``PYTHONPATH`` is set to it), on
 these traces, all for a 4 GiB TDX guest (16 GiB host) with 4 vCPUs:
@@ -54,6 +54,13 @@ from what runs. ns/event is (median(N2) - median(N1)) / (N2 - N1). Instructions 
 are Ir/event / (ns/event x clock); a VM's /proc/cpuinfo gives the nominal clock, not the turbo
 clock the core runs at, so each timing run also measures the clock with a chain of dependent
 operations of known latency (:func:`clock_ghz`).
+
+``--anatomy`` also runs callgrind with ``--dump-instr=yes``, copies run_chunk's machine code
+out of the valgrind child (the same code the counts are of), disassembles it with objdump and
+splits run_chunk's instructions per event, the same N2 - N1 difference per instruction, into
+stack operands (spilled values loaded or stored), branches, other memory operands and the rest;
+with ``--keep DIR`` it writes each trace's path (every instruction run at least once per two
+events, with its count per event) to DIR/anatomy.txt.
 
 Needs valgrind. The default set (6 traces, 5 strategies) takes about 3-4 minutes on a 2-core
 machine, half of it the valgrind run; progress goes to stderr, the table (markdown) to stdout.
@@ -271,6 +278,26 @@ def clock_ghz(iterations: int = 20_000_000) -> float:
 _chain = None
 
 
+def dump_code(dispatcher, path: str) -> list[int]:
+    """Write the machine code of the one compiled overload of ``dispatcher`` to ``path``;
+    [address, bytes written]. numba keeps no function sizes: up to 256 KiB are copied (from
+    /proc/self/mem, stopping at the first unmapped page); what lies past the function's end is
+    never executed by it, so it gets no cost."""
+    (cres,) = dispatcher.overloads.values()
+    addr = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
+    code = bytearray()
+    with open("/proc/self/mem", "rb", buffering=0) as mem:
+        while len(code) < 1 << 18:
+            at = addr + len(code)
+            try:
+                code += os.pread(mem.fileno(), 4096 - at % 4096, at)
+            except OSError:
+                break
+    with open(path, "wb") as f:
+        f.write(code)
+    return [addr, len(code)]
+
+
 def child(mode: str, plan_path: str) -> None:
     """Replay every configuration of the plan; print one JSON line ``RESULT {...}``.
 
@@ -309,6 +336,8 @@ def child(mode: str, plan_path: str) -> None:
             if not hasattr(K.run_chunk, "py_func"):
                 fail("the replay kernel is not compiled (NUMBA_DISABLE_JIT set?)")
             out["startup_s"] = time.perf_counter() - t_start
+            if mode == "count" and plan.get("anatomy"):
+                out["code"] = dump_code(K.run_chunk, plan["code_file"])
         rec: dict = {"name": name, "alloc": alloc}
         if mode == "time":
             for n in (n1, n2):
@@ -434,6 +463,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     ap.add_argument("--repeat", type=int, default=3, help="native runs per build (default 3)")
     ap.add_argument("--keep", metavar="DIR", help="keep the traces and callgrind files in DIR")
+    ap.add_argument(
+        "--anatomy",
+        action="store_true",
+        help="also break run_chunk's instructions per event down by class (stack, branch, "
+        "memory, other) and list each event's path (in DIR/anatomy.txt with --keep); "
+        "needs objdump",
+    )
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -453,6 +489,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.only = only
     if args.repeat < 1:
         fail(f"bad --repeat {args.repeat}: must be at least 1", 2)
+    if args.anatomy and shutil.which("objdump") is None:
+        fail("--anatomy needs objdump (binutils)", 2)
     if args.keep and os.path.exists(args.keep) and os.listdir(args.keep):
         fail(f"--keep {args.keep}: exists and is not empty", 2)
     return args
@@ -465,6 +503,8 @@ def build_plan(args: argparse.Namespace, work: str) -> str:
 
     n1, n2 = args.events
     plan: dict = {"n1": n1, "n2": n2, "traces": {}, "configs": []}
+    plan["anatomy"] = args.anatomy
+    plan["code_file"] = os.path.join(work, "run_chunk.bin")
     for name in args.only:
         progress(f"building the {name} trace ({n2:,} measured events)")
         header, ev, warm = mix(name, n2) if name in MIXES else single_kind(name, n2)
@@ -509,6 +549,8 @@ def count_under_valgrind(plan_path: str, plan: dict, work: str, env: dict) -> li
         f"--dump-before={MARK_FUNCTION}",
         f"--log-file={log}",
     ]
+    if plan.get("anatomy"):
+        prefix.append("--dump-instr=yes")
     env = dict(env, NUMBA_DEBUG_CACHE="1")
     t0 = time.perf_counter()
     result, cache_log = run_child("count", plan_path, env, prefix, log)
@@ -536,10 +578,95 @@ def count_under_valgrind(plan_path: str, plan: dict, work: str, env: dict) -> li
         if not tot:
             fail(f"{path}: no totals line")
         totals.append(tot[0])
-    return [
+    irs = [
         {"n1": totals[4 * i + 1], "n2": totals[4 * i + 2], "n1b": totals[4 * i + 3]}
         for i in range(nconf)
     ]
+    if plan.get("anatomy"):
+        addr, size = result["code"]
+        kinds = classify(plan["code_file"], addr)
+        for i, ir in enumerate(irs):
+            c1 = instruction_costs(dumps[4 * i + 1], addr, addr + size)
+            c2 = instruction_costs(dumps[4 * i + 2], addr, addr + size)
+            ir["anatomy"] = anatomy(c1, c2, kinds, plan["n2"] - plan["n1"])
+    return irs
+
+
+#: The instruction classes of --anatomy, in the order of its table.
+KINDS = ("stack", "branch", "memory", "other")
+
+
+def classify(code_file: str, addr: int) -> dict[int, tuple[str, str]]:
+    """Address -> (class, instruction) of the code in ``code_file``, loaded at ``addr``:
+    ``stack`` for an operand on the stack (a spilled value loaded or stored), ``branch``,
+    ``memory`` for any other memory operand, ``other`` for the rest."""
+    dis = subprocess.run(
+        ["objdump", "-D", "-b", "binary", "-mi386:x86-64", f"--adjust-vma={addr:#x}", code_file],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    out = {}
+    for line in dis.splitlines():
+        head, _, rest = line.partition(":")
+        fields = rest.split("\t")
+        try:
+            at = int(head.strip(), 16)
+        except ValueError:
+            continue
+        if len(fields) < 3:
+            continue
+        ins = fields[2].strip()
+        if ins.startswith("j") or ins.startswith(("call", "ret")):
+            kind = "branch"
+        elif "(%rsp" in ins:
+            kind = "stack"
+        elif "(" in ins:
+            kind = "memory"
+        else:
+            kind = "other"
+        out[at] = (kind, ins)
+    return out
+
+
+def instruction_costs(path: str, lo: int, hi: int) -> dict[int, int]:
+    """Ir per instruction address in [lo, hi) of a callgrind file written with
+    --dump-instr=yes (self cost: the inclusive cost line after each ``calls=`` is skipped)."""
+    costs: dict[int, int] = {}
+    addr = 0
+    after_calls = False
+    with open(path) as f:
+        for line in f:
+            c = line[:1]
+            if c.isdigit() or c in "+-*":
+                parts = line.split()
+                pos = parts[0]
+                if pos.startswith("0x"):
+                    addr = int(pos, 16)
+                elif c in "+-":
+                    addr += int(pos)
+                if after_calls:
+                    after_calls = False
+                elif lo <= addr < hi and len(parts) >= 3:
+                    costs[addr] = costs.get(addr, 0) + int(parts[-1])
+            elif line.startswith("calls="):
+                after_calls = True
+    return costs
+
+
+def anatomy(c1: dict[int, int], c2: dict[int, int], kinds: dict, dn: int) -> dict:
+    """Per event, from the N1 and N2 costs: run_chunk's instructions by class, and the
+    instructions executed at least once per 2 events (the event's path), in address order."""
+    per = {a: (c2.get(a, 0) - c1.get(a, 0)) / dn for a in set(c1) | set(c2)}
+    by = dict.fromkeys(KINDS, 0.0)
+    for a, x in per.items():
+        by[kinds.get(a, ("other", "?"))[0]] += x
+    path = [
+        f"{x:5.2f}  +{a - min(kinds):#06x}  {kinds.get(a, ('other', '?'))[1]}"
+        for a, x in sorted(per.items())
+        if x >= 0.5
+    ]
+    return {"total": sum(per.values()), **by, "path": path}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -633,6 +760,29 @@ def report(info, args, plan, runs, irs, load: float, elapsed: float) -> None:
             f"| {label} | {alloc} | {per:.1f} | {noise:.2f} | {ns_h:.1f} | {ns_n:.1f} | "
             f"{ratio} | {ipc} |"
         )
+    if not args.anatomy:
+        return
+    print()
+    print(
+        "run_chunk's instructions per event by class (stack: an operand on the stack, that is "
+        "a spilled value loaded or stored; memory: any other memory operand):"
+    )
+    print()
+    print(f"| trace | strategy | Ir/event | in run_chunk | {' | '.join(KINDS)} |")
+    print("|---|---|---|---|" + "---|" * len(KINDS))
+    paths = []
+    for i, (name, alloc) in enumerate(plan["configs"]):
+        a = irs[i]["anatomy"]
+        per = (irs[i]["n2"] - irs[i]["n1"]) / (n2 - n1)
+        cells = " | ".join(f"{a[k]:.1f}" for k in KINDS)
+        print(f"| {name} | {alloc} | {per:.1f} | {a['total']:.1f} | {cells} |")
+        paths.append(f"== {name} {alloc}: instructions run at least once per 2 events")
+        paths.append("per event, offset in run_chunk, instruction")
+        paths += a["path"] + [""]
+    if args.keep:
+        with open(os.path.join(args.keep, "anatomy.txt"), "w") as f:
+            f.write("\n".join(paths))
+        print(f"\nthe paths: {os.path.join(args.keep, 'anatomy.txt')}")
 
 
 if __name__ == "__main__":
