@@ -158,7 +158,13 @@ def test_benchmark_scripts_import():
     by the suite: benchmarks measure, tests do not time)."""
     import importlib.util
 
-    for name in ("run.py", "ab_kernel.py", "profile_kernel.py", "bench_sweep.py"):
+    for name in (
+        "run.py",
+        "ab_kernel.py",
+        "profile_kernel.py",
+        "bench_sweep.py",
+        "instructions.py",
+    ):
         path = PACKAGE.parent / "benchmarks" / name
         spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
