@@ -1584,20 +1584,16 @@ def _fast_run(m, lf, u, rec, start, n):
     vmap = np.uint64(m[O_VMAP])
     vlive = np.uint64(m[O_VLIVE])
     # Private faults on vmx and vCPU ids beyond the map go to the general path (errors).
-    private_ok = U64_ONE if m[P_TDX] != 0 else U64_ZERO
     last = u[U_LAST_TS]
     gaps = U64_ZERO
     n_spurious = 0
     n_new = 0
     n_private = 0
-    n_unmaps = 0
-    n_missing = 0
-    n_back = 0
     n_sect = 0
     ns_fault = u[U_NS_FAULT]
+    r4 = i << U2
     nw = end << U2
-    while i < end:
-        r4 = i << U2
+    while r4 < nw:
         pf = r4 + PF_WORDS
         prefetch(rec, pf if pf < nw else r4)
         w3 = rec[r4 + U3]
@@ -1621,9 +1617,9 @@ def _fast_run(m, lf, u, rec, start, n):
             if lv != U64_ONE:
                 if (b2 if lv == U2 else b3) != U64_ZERO:
                     break
-                n_missing += 1
+                m[C_UNMAPS_MISSING] += 1
             elif b1 == U64_ZERO:
-                n_missing += 1
+                m[C_UNMAPS_MISSING] += 1
             else:
                 li = (np.uint64(m[l1 + (e2 << U64_ONE) + root]) << SH9) - U512 + (g & M511)
                 if p != U64_ZERO and m[P_DPAMT] != 0:
@@ -1637,10 +1633,10 @@ def _fast_run(m, lf, u, rec, start, n):
                     m[C_PUT_FAST] += 1
                 lf[li] = 0
                 m[wi] &= ~np.int64(bit)
-            n_unmaps += 1
+            m[C_UNMAPS] += 1
         elif o == OP_FAULT_U:
             vid = w3 & M32
-            if vid >= MAX_VCPUS_U or p > private_ok:
+            if vid >= MAX_VCPUS_U or (p != U64_ZERO and m[P_TDX] == 0):
                 break
             vs = np.uint64(m[vmap + vid])
             # READY: live, and its top-up would add nothing (see the general path).
@@ -1701,7 +1697,7 @@ def _fast_run(m, lf, u, rec, start, n):
             break
         # The event's place in time (see _tick), with the gap summed.
         if t < last:
-            n_back += 1
+            m[C_TS_BACKWARDS] += 1
         else:
             d = t - last
             gaps += d
@@ -1709,16 +1705,14 @@ def _fast_run(m, lf, u, rec, start, n):
                 _add_page_ns(u, m[G_IDLE], gaps - d)
                 gaps = d
         last = t
-        i += U64_ONE
+        r4 += U64_ONE << U2
+    i = r4 >> U2
     n_faults = n_spurious + n_new
     m[C_EVENTS] += np.int64(i - np.uint64(start))
     m[C_FAULTS] += n_faults
     m[C_FAULTS_PRIVATE] += n_private
     m[C_FAULTS_SHARED] += n_faults - n_private
     m[C_FAULTS_SPURIOUS] += n_spurious
-    m[C_UNMAPS] += n_unmaps
-    m[C_UNMAPS_MISSING] += n_missing
-    m[C_TS_BACKWARDS] += n_back
     if n_sect != 0:  # n_sect sections of ns_fault each (the product fits: n < 2^32)
         total = np.uint64(n_sect) * ns_fault
         _add128(u, U_LOCKED, total)
