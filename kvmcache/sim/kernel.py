@@ -1580,6 +1580,11 @@ def _fast_run(m, lf, u, rec, start, n):
     pb1 = np.uint64(m[O_PBITS])
     pb2 = np.uint64(m[O_PB2])
     pb3 = np.uint64(m[O_PB3])
+    # Whether any 1 GiB leaf is present (a few words): if none, the loop skips its bitmap.
+    any3 = False
+    for k in range(2 * m[Z_PB3]):
+        if m[m[O_PB3] + k] != 0:
+            any3 = True
     l1 = np.uint64(m[O_L1])
     vmap = np.uint64(m[O_VMAP])
     vlive = np.uint64(m[O_VLIVE])
@@ -1612,7 +1617,9 @@ def _fast_run(m, lf, u, rec, start, n):
         wi = pb1 + (w << U64_ONE) + root
         b1 = np.uint64(m[wi]) & bit
         b2 = np.uint64(m[pb2 + ((e2 >> SH6) << U64_ONE) + root]) & (U64_ONE << (e2 & M63))
-        b3 = np.uint64(m[pb3 + ((e3 >> SH6) << U64_ONE) + root]) & (U64_ONE << (e3 & M63))
+        b3 = U64_ZERO
+        if any3:
+            b3 = np.uint64(m[pb3 + ((e3 >> SH6) << U64_ONE) + root]) & (U64_ONE << (e3 & M63))
         if o == OP_UNMAP_U:
             if lv != U64_ONE:
                 if (b2 if lv == U2 else b3) != U64_ZERO:
