@@ -1564,7 +1564,8 @@ def _fast_run(m, lf, u, rec, start, n):
     A present level-1 table excludes a 2 MiB or 1 GiB leaf over it (mirror faults fit
     under tables, direct ones collapse them), so the bitmaps answer the spurious check
     alone. Between general events the cache pages stay idle in the same number, so the
-    fast path only sums the ts gaps (``gaps``) and multiplies once when it returns.
+    fast path only tracks where each run of ts that never go backwards starts and ends
+    (their gaps sum to the difference) and multiplies once per run.
     Its loop makes no call in the common case and keeps few values alive, so that they
     stay in registers; run_chunk calls it only when no event needs the general path (no
     timeline samples) and the host is dense (a new sparse range index may need the
@@ -1590,7 +1591,7 @@ def _fast_run(m, lf, u, rec, start, n):
     vlive = np.uint64(m[O_VLIVE])
     # Private faults on vmx and vCPU ids beyond the map go to the general path (errors).
     last = u[U_LAST_TS]
-    gaps = U64_ZERO
+    seg = last  # the first ts of the current run of ts that never go backwards
     n_spurious = 0
     n_new = 0
     n_private = 0
@@ -1702,15 +1703,13 @@ def _fast_run(m, lf, u, rec, start, n):
             u[NU + vs - U64_ONE] = busy
         else:
             break
-        # The event's place in time (see _tick), with the gap summed.
+        # The event's place in time (see _tick): the gaps of a run of ts that never go
+        # backwards sum to its last ts minus its first, multiplied when the run ends.
         if t < last:
             m[C_TS_BACKWARDS] += 1
-        else:
-            d = t - last
-            gaps += d
-            if gaps < d:  # the sum wrapped: multiply what it held
-                _add_page_ns(u, m[G_IDLE], gaps - d)
-                gaps = d
+            if m[G_IDLE] > 0:
+                _add_page_ns(u, m[G_IDLE], last - seg)
+            seg = t
         last = t
         r4 += U64_ONE << U2
     i = r4 >> U2
@@ -1730,8 +1729,8 @@ def _fast_run(m, lf, u, rec, start, n):
             u[U_LAT_MAX] = ns_fault
         m[HB] += n_sect
         m[HB_LAT + _lat_bucket(ns_fault)] += n_sect
-    if gaps != U64_ZERO and m[G_IDLE] > 0:
-        _add_page_ns(u, m[G_IDLE], gaps)
+    if last != seg and m[G_IDLE] > 0:
+        _add_page_ns(u, m[G_IDLE], last - seg)
     u[U_LAST_TS] = last
     return np.int64(i)
 
