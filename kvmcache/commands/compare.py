@@ -51,7 +51,7 @@ def choose_strategies(asked: tuple[str, ...], everything: list[str]) -> tuple[li
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
-    help="Threads running the strategies of each chunk (0: one per strategy, up to the CPUs).",
+    help="Threads replaying the strategies (0: one per strategy, up to the CPUs).",
 )
 @common.strict_option
 @common.progress_option

@@ -10,7 +10,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 import numpy as np
 
@@ -213,27 +213,36 @@ def _compiled_precheck(validator) -> Callable[[np.ndarray], bool] | None:
     return check
 
 
-def _validated_chunks(
-    chunks: Iterable[np.ndarray], validator, depth: int = 1, digest=None
-) -> Iterator[np.ndarray]:
-    """The chunks in order, read and validated on a background thread ``depth`` ahead.
+#: The end of the chunks, handed over by the reader thread after the last chunk.
+_END = object()
 
-    The kernel releases the GIL, so reading and validating the next chunk overlaps with
-    replaying this one. An error (bad input, unreadable file) is raised here when the
-    consumer reaches the chunk it belongs to, so earlier chunks are replayed first, as
-    without the thread. At most ``depth + 1`` chunks are alive: memory stays constant.
+
+class _Sink(Protocol):
+    """Where the reader thread hands its items: ``(chunk, None)`` for each chunk in order,
+    ``(None, error)`` once if reading or validating fails, ``(_END, None)`` at the end.
+    ``put`` raises :class:`queue.Full` when it cannot take the item within ``timeout``
+    (the reader then checks whether it should stop and tries again); a
+    :class:`queue.Queue` is one."""
+
+    def put(self, item: tuple, block: bool = True, timeout: float | None = None) -> None: ...
+
+
+def _start_reader(
+    chunks: Iterable[np.ndarray], validator, digest, sink: _Sink, stop: threading.Event
+) -> threading.Thread:
+    """Read and validate ``chunks`` on a background thread, handing them to ``sink``.
+
     ``digest`` (a :class:`~kvmcache.trace.digest.TraceDigest`) is updated with each chunk
-    on the same thread, right after handing it over, so the hash of a chunk overlaps with
-    the kernel's pass over it; the consumer sees the end only after the last update.
+    on a thread of its own, right after the chunk is handed over, so the hash of a chunk
+    overlaps with the kernel's passes over it; ``_END`` comes only after the last update.
+    Once ``stop`` is set the reader hands over nothing more and ends (within 0.1 s while
+    the sink is full). Returns the started reader thread.
     """
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
 
     def put(item) -> bool:
         while not stop.is_set():
             try:
-                q.put(item, timeout=0.1)
+                sink.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
@@ -300,21 +309,242 @@ def _validated_chunks(
         except BaseException as e:  # handed to the consumer, raised there
             put((None, e))
             return
-        put((done, None))
+        put((_END, None))
 
     worker = threading.Thread(target=work, name="kvmcache-reader", daemon=True)
     worker.start()
+    return worker
+
+
+def _validated_chunks(
+    chunks: Iterable[np.ndarray], validator, depth: int = 1, digest=None
+) -> Iterator[np.ndarray]:
+    """The chunks in order, read and validated on a background thread ``depth`` ahead.
+
+    The kernel releases the GIL, so reading and validating the next chunk overlaps with
+    replaying this one. An error (bad input, unreadable file) is raised here when the
+    consumer reaches the chunk it belongs to, so earlier chunks are replayed first, as
+    without the thread. At most ``depth + 1`` chunks are alive: memory stays constant.
+    With ``digest``, the consumer sees the end only after the last chunk is hashed
+    (:func:`_start_reader`).
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    worker = _start_reader(chunks, validator, digest, q, stop)
     try:
         while True:
             item, err = q.get()
             if err is not None:
                 raise err
-            if item is done:
+            if item is _END:
                 return
             yield item
     finally:
         stop.set()
         worker.join(timeout=5)
+
+
+class _Span:
+    """The timestamps of the first and the last event seen in ``chunks``, noted as they
+    stream by (on whichever thread reads them)."""
+
+    def __init__(self) -> None:
+        self.first: int | None = None
+        self.last: int | None = None
+
+    def note(self, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        for chunk in chunks:
+            if len(chunk):
+                if self.first is None:
+                    self.first = int(chunk["ts"][0])
+                self.last = int(chunk["ts"][-1])
+            yield chunk
+
+
+#: Chunks alive between the reader and the strategies of a multi-strategy replay on
+#: threads (:class:`_Streams`), besides the one the reader holds: room for the strategies
+#: to drift apart so that no thread waits for the slowest at each chunk. 2 already keeps
+#: both threads busy on a steady five-strategy compare; 3 leaves slack for a slow read, at
+#: one chunk (32 MiB of a binary trace's pages) more.
+STREAM_WINDOW = 3
+
+
+class _Streams:
+    """Several strategies replaying one trace's chunks on a few threads, with no barrier
+    per chunk.
+
+    Each strategy is a stream over the chunks: it feeds chunk k only after its chunk k-1,
+    never two of its chunks at once. A free thread takes the runnable (strategy, next
+    chunk) pair of the strategy furthest behind (ties: ``feeds`` order), so the work
+    spreads evenly over the threads and the strategies stay within ``window`` chunks of one
+    another. The reader thread hands chunks over through :meth:`put`, which blocks while
+    ``window`` chunks are alive; a chunk is dropped once every strategy has fed it.
+
+    A failure (a strategy's chunk, or reading and validating chunk k, which counts as
+    before any strategy's chunk k) stops new work past it, but the pairs before it still
+    run, so the error raised is the one of the earliest chunk and, within it, of the first
+    strategy: the one the per-chunk loop would have raised, whatever the threads' timing.
+    """
+
+    def __init__(
+        self, feeds: Sequence[Callable[[np.ndarray, int], None]], threads: int, window: int
+    ) -> None:
+        self.feeds = list(feeds)
+        self.threads = max(1, min(threads, len(self.feeds)))
+        self.window = max(2, window)
+        self.cond = threading.Condition()
+        self.stop = threading.Event()  # the reader's
+        self.chunks: dict[int, tuple[np.ndarray, int]] = {}  # index -> (chunk, base)
+        self.received = 0  # chunks handed over by the reader
+        self.read_events = 0  # their events
+        self.ended = False  # the reader's end came
+        self.next = [0] * len(self.feeds)  # each strategy's next chunk
+        self.busy = [False] * len(self.feeds)
+        self.running = 0
+        self.released = 0  # chunks every strategy has fed
+        self.done_events = 0  # their events
+        self.failures: list[tuple[int, int, BaseException]] = []  # (chunk, strategy, error)
+        self.abort = False  # the caller stops (Ctrl-C, its progress callback raised)
+        self.max_alive = 0  # the most chunks alive at once (tests)
+
+    # -- reader side (the sink of _start_reader) ---------------------------------------
+
+    def put(self, item: tuple, block: bool = True, timeout: float | None = None) -> None:
+        chunk, err = item
+        with self.cond:
+            if self.stop.is_set():
+                raise queue.Full  # the reader then sees stop and ends
+            if err is not None:
+                self._fail(self.received, -1, err)
+            elif chunk is _END:
+                self.ended = True
+            else:
+                if not self.cond.wait_for(self._room, timeout if block else 0):
+                    raise queue.Full
+                if self.stop.is_set():
+                    raise queue.Full
+                self.chunks[self.received] = (chunk, self.read_events)
+                self.received += 1
+                self.read_events += len(chunk)
+                self.max_alive = max(self.max_alive, self.received - self.released)
+            self.cond.notify_all()
+
+    # -- scheduling (callers hold self.cond) -------------------------------------------
+
+    def _room(self) -> bool:
+        return self.received - self.released < self.window or self.stop.is_set()
+
+    def _fail(self, k: int, i: int, err: BaseException) -> None:
+        self.failures.append((k, i, err))
+        self.stop.set()  # nothing past a failure is needed from the reader
+
+    def _pick(self) -> int | None:
+        """The strategy whose next chunk runs next, if any may run now."""
+        if self.abort:
+            return None
+        limit = min((k, i) for k, i, _ in self.failures) if self.failures else None
+        best = None
+        for i, k in enumerate(self.next):
+            if self.busy[i] or k >= self.received:
+                continue
+            if limit is not None and (k, i) >= limit:
+                continue
+            if best is None or k < self.next[best]:
+                best = i
+        return best
+
+    def _settled(self) -> bool:
+        """Nothing runs and nothing more will: every stream is through, or stopped."""
+        if self.running:
+            return False
+        if self.abort:
+            return True
+        if self._pick() is not None:
+            return False
+        return bool(self.failures) or (self.ended and all(k == self.received for k in self.next))
+
+    def _release(self) -> None:
+        low = min(self.next)
+        while self.released < low:
+            chunk, base = self.chunks.pop(self.released)
+            self.released += 1
+            self.done_events = base + len(chunk)
+
+    # -- threads -----------------------------------------------------------------------
+
+    def _work(self) -> None:
+        cond = self.cond
+        with cond:
+            while True:
+                i = self._pick()
+                if i is None:
+                    if self.abort or self._settled():
+                        cond.notify_all()
+                        return
+                    cond.wait()
+                    continue
+                k = self.next[i]
+                chunk, base = self.chunks[k]
+                self.busy[i] = True
+                self.running += 1
+                err = None
+                cond.release()
+                try:
+                    self.feeds[i](chunk, base)
+                except BaseException as e:  # raised by the caller, earliest first
+                    err = e
+                finally:
+                    del chunk
+                    cond.acquire()
+                self.busy[i] = False
+                self.running -= 1
+                if err is None:
+                    self.next[i] = k + 1
+                    self._release()
+                else:
+                    self._fail(k, i, err)
+                cond.notify_all()
+
+    def run(
+        self, chunks: Iterable[np.ndarray], validator, digest, progress: Progress | None
+    ) -> None:
+        """Replay every chunk of ``chunks`` through every feed; ``progress`` gets the events
+        every strategy has fed, on the calling thread. Raises the earliest failure."""
+        reader = None
+        workers: list[threading.Thread] = []
+        reported = 0
+        try:
+            reader = _start_reader(chunks, validator, digest, self, self.stop)
+            for n in range(self.threads):
+                w = threading.Thread(target=self._work, name=f"kvmcache-strategy-{n}", daemon=True)
+                workers.append(w)
+                w.start()
+            while True:
+                with self.cond:
+                    while not self._settled() and self.done_events == reported:
+                        self.cond.wait()
+                    settled = self._settled()
+                    done = self.done_events
+                if progress is not None and done > reported:
+                    progress(done)
+                reported = done
+                if settled:
+                    break
+        except BaseException:  # Ctrl-C, or progress raised: stop at the chunks being fed
+            with self.cond:
+                self.abort = True
+                self.stop.set()
+                self.cond.notify_all()
+            raise
+        finally:
+            self.stop.set()
+            for w in workers:  # each ends after the chunk it is feeding, if any
+                if w.ident is not None:  # started (Ctrl-C may come during start)
+                    w.join()
+            if reader is not None:
+                reader.join(timeout=5)
+        if self.failures:
+            raise min(self.failures, key=lambda f: (f[0], f[1]))[2]
 
 
 def replay_many(
@@ -333,8 +563,9 @@ def replay_many(
     """Replay one trace under several strategies in one pass over its events.
 
     Each chunk is read (and validated) once and then run through one kernel state per
-    strategy; with ``threads`` > 1 the strategies of a chunk run in parallel threads
-    (the kernel releases the GIL). With ``digest``, each result carries the trace's
+    strategy; with ``threads`` > 1 and several strategies, the strategies run on that many
+    threads (the kernel releases the GIL), each at its own pace within a few chunks of the
+    others (:class:`_Streams`), with the same results and errors as one after the other. With ``digest``, each result carries the trace's
     content digest (:mod:`kvmcache.trace.digest`), hashed on a thread of its own as the
     chunks stream by; the commands ask for it when a report or a gate uses it (hashing
     every record word is extra work, so library callers opt in).
@@ -350,32 +581,24 @@ def replay_many(
     from kvmcache.trace.digest import TraceDigest
 
     hasher = TraceDigest(header) if digest else None
-    pool = ThreadPoolExecutor(threads) if threads > 1 and len(runs) > 1 else None
-    base = 0
-    ts_first = ts_last = None
-    try:
-        for chunk in _validated_chunks(source.chunks(), validator, digest=hasher):
-            if len(chunk):
-                if ts_first is None:
-                    ts_first = int(chunk["ts"][0])
-                ts_last = int(chunk["ts"][-1])
-            if pool is not None:
-                futures = [pool.submit(r.feed, chunk, base) for r in runs]
-                for f in futures:
-                    f.result()
-            else:
-                for r in runs:
-                    r.feed(chunk, base)
+    span = _Span()
+    chunks = span.note(source.chunks())
+    if threads > 1 and len(runs) > 1:
+        _Streams([r.feed for r in runs], threads, STREAM_WINDOW).run(
+            chunks, validator, hasher, progress
+        )
+    else:
+        base = 0
+        for chunk in _validated_chunks(chunks, validator, digest=hasher):
+            for r in runs:
+                r.feed(chunk, base)
             base += len(chunk)
             if progress is not None:
                 progress(base)
-    finally:
-        if pool is not None:
-            pool.shutdown()
     results = [r.finish() for r in runs]
     trace_digest = hasher.hexdigest() if hasher is not None else None
     for res in results:
-        res.ts_first, res.ts_last = ts_first, ts_last
+        res.ts_first, res.ts_last = span.first, span.last
         res.trace_digest = trace_digest
     return results
 
