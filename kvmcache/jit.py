@@ -11,6 +11,11 @@ few thousand events in Python. ``kvmcache replay`` and ``kvmcache compare`` call
 imported; at most :data:`SMALL_WORK` of them run in Python (about 0.17 ms each, against
 0.8 s of start-up); the kernel's Python body is the same code (the test suite also checks it
 with ``NUMBA_DISABLE_JIT=1``). ``KVMCACHE_JIT=1`` always compiles.
+
+:func:`prefetch` gives jitted code a software prefetch (an ``llvm.prefetch`` intrinsic), a
+no-op in Python mode. Its code generation is compiled into the callers' cached code: after
+changing it, delete the ``__pycache__`` of the files that use it (a stale copy still only
+prefetches, it cannot change a result).
 """
 
 from __future__ import annotations
@@ -112,39 +117,6 @@ def njit(*signature: Any, **options: Any) -> Callable[[Callable], Callable]:
     return compiled(*signature, **options)
 
 
-def prefetch_function() -> Callable[[Any, Any], None]:
-    """``prefetch(a, i)`` for jitted code: ask the CPU for the cache line of ``a[i]`` (a
-    read, kept in every cache level) and go on without waiting; it never faults. Emits
-    LLVM's ``llvm.prefetch``. A no-op in Python mode and with the JIT disabled."""
-    if _python or os.environ.get("NUMBA_DISABLE_JIT", "0") != "0":
-
-        def prefetch(a: Any, i: Any) -> None:
-            return None
-
-        return prefetch
-    from llvmlite import ir
-    from numba.core import cgutils, types
-    from numba.extending import intrinsic
-
-    i8p = ir.IntType(8).as_pointer()
-    i32 = ir.IntType(32)
-    fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-
-    @intrinsic
-    def prefetch(typingctx: Any, a: Any, i: Any) -> Any:
-        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-            ary = context.make_array(sig.args[0])(context, builder, args[0])
-            at = builder.bitcast(builder.gep(ary.data, [args[1]]), i8p)
-            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
-            # read (0), locality 3 (keep in all levels), data cache (1)
-            builder.call(fn, [at, i32(0), i32(3), i32(1)])
-            return context.get_dummy_value()
-
-        return types.void(a, i), codegen
-
-    return prefetch
-
-
 def compiled(*signature: Any, **options: Any) -> Callable[[Callable], Callable]:
     """``numba.njit(*signature, **options)``, always compiled (the synth and import helpers
     use it directly). With ``cache=True`` and no writable numba cache, the kernels are
@@ -163,6 +135,60 @@ def compiled(*signature: Any, **options: Any) -> Callable[[Callable], Callable]:
             return _without_writable_cache(numba_njit, signature, options, f)
 
     return decorate
+
+
+def prefetch(write: bool = False) -> Callable[[Any, Any], None]:
+    """``f(array, index)`` for jitted code: a hint to bring the cache line of
+    ``array[index]`` into every cache level (``llvm.prefetch``, data cache, locality 3;
+    ``write`` asks for it in a writable state). It reads and changes nothing and never
+    faults, whatever the address; it checks ``index`` only under ``NUMBA_BOUNDSCHECK=1``
+    (the caller keeps it in bounds, so that the hint means what it says). In Python mode,
+    or with ``NUMBA_DISABLE_JIT=1``, a no-op Python function. Built once per mode, at the
+    first call (it imports numba)."""
+    key = (_python, write)
+    if key not in _prefetchers:
+        _prefetchers[key] = _no_prefetch if _python else _prefetch_intrinsic(write)
+    return _prefetchers[key]
+
+
+_prefetchers: dict[tuple[bool, bool], Callable[[Any, Any], None]] = {}
+
+
+def _no_prefetch(array: Any, index: Any) -> None:
+    """The Python body of :func:`prefetch`."""
+
+
+def _prefetch_intrinsic(write: bool) -> Callable[[Any, Any], None]:
+    from llvmlite import ir
+    from numba.core import cgutils, config, types
+    from numba.extending import intrinsic
+
+    if config.DISABLE_JIT:
+        return _no_prefetch
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> None:
+        aty, ity = sig.args
+        ary = context.make_array(aty)(context, builder, args[0])
+        idx = context.cast(builder, args[1], ity, types.intp)
+        # NUMBA_BOUNDSCHECK=1 checks the index like any other (IndexError), for the tests.
+        check = context.enable_boundscheck
+        ptr = cgutils.get_item_pointer(context, builder, aty, ary, [idx], boundscheck=check)
+        ptr = builder.bitcast(ptr, cgutils.voidptr_t)
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t, i32, i32, i32])
+        fn = builder.module.declare_intrinsic("llvm.prefetch", [cgutils.voidptr_t], fnty)
+        # rw (0 read, 1 write), locality 3 (keep in every level), cache type 1 (data).
+        builder.call(fn, [ptr, i32(int(write)), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    def typer(typingctx: Any, array: Any, index: Any) -> Any:
+        if isinstance(array, types.Array) and isinstance(index, types.Integer):
+            return types.void(array, index), codegen
+        return None
+
+    # numba names an intrinsic after its function: one name per flavour.
+    typer.__name__ = typer.__qualname__ = "prefetch_write" if write else "prefetch_read"
+    return intrinsic(typer)
 
 
 def _without_writable_cache(

@@ -22,7 +22,7 @@ import zlib
 
 import numpy as np
 
-from kvmcache.jit import njit, prefetch_function
+from kvmcache.jit import njit, prefetch
 from kvmcache.results import TIMELINE_COLUMNS
 from kvmcache.sim.counters import (
     CACHES,
@@ -100,6 +100,7 @@ P_FSTACK = 20
 P_GROW_MARGIN = 21
 P_SAMPLE_EVERY = 22
 P_NSAMPLES = 23
+P_PREFETCH = 24  # events ahead the fast path prefetches for (0: off; state.py decides)
 # Scalars:
 G_K = 32  # fresh-page counter
 G_FREE_TOP = 33
@@ -363,8 +364,9 @@ OP_FAULT_U = np.uint64(OP_FAULT)
 #: 512 events all give the same; none costs about 2x on the spurious-fault path.
 PF_EVENTS = 256
 PF_WORDS = np.uint64(4 * PF_EVENTS)
-prefetch = prefetch_function()
 OP_UNMAP_U = np.uint64(OP_UNMAP)
+#: A software prefetch of an array element's cache line (a no-op in Python mode).
+PREFETCH = prefetch()
 
 
 # ---------------------------------------------------------------------------------------
@@ -1599,9 +1601,23 @@ def _fast_run(m, lf, u, rec, start, n):
     ns_fault = u[U_NS_FAULT]
     r4 = i << U2
     nw = end << U2
+    # On a large guest (P_PREFETCH, see state.py) the bitmap words and leaves of the working
+    # set miss the caches: each event prefetches the 4 KiB bitmap word and the 4 KiB leaf of
+    # the event ``P_PREFETCH`` records on, so that the misses overlap.
+    ahead = np.uint64(4 * m[P_PREFETCH])
     while r4 < nw:
         pf = r4 + PF_WORDS
-        prefetch(rec, pf if pf < nw else r4)
+        PREFETCH(rec, pf if pf < nw else r4)
+        if ahead != U64_ZERO and r4 + ahead < nw:
+            j = r4 + ahead
+            ga = rec[j + U64_ONE]
+            wa = ga >> SH6
+            if wa < npw:
+                ra = ((rec[j + U3] >> SH48) & U64_ONE) ^ U64_ONE
+                PREFETCH(m, pb1 + (wa << U64_ONE) + ra)
+                sa = np.uint64(m[l1 + ((ga >> SH9) << U64_ONE) + ra])
+                if sa != U64_ZERO:
+                    PREFETCH(lf, (sa << SH9) - U512 + (ga & M511))
         w3 = rec[r4 + U3]
         g = rec[r4 + U64_ONE]
         t = rec[r4]
@@ -1776,7 +1792,7 @@ def run_chunk(
             if i >= n:
                 break
         r4 = 4 * i
-        prefetch(rec, min(r4 + PF_EVENTS * 4, 4 * n - 1))
+        PREFETCH(rec, min(r4 + PF_EVENTS * 4, 4 * n - 1))
         w3 = rec[r4 + 3]
         o = np.int64((w3 >> SH32) & M8)
         uses_vcpu = o == OP_FAULT or o == OP_VCPU_CREATE or o == OP_VCPU_DESTROY
