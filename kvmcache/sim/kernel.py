@@ -1591,7 +1591,6 @@ def _fast_run(m, lf, u, rec, start, n):
     l1 = np.uint64(m[O_L1])
     vmap = np.uint64(m[O_VMAP])
     vlive = np.uint64(m[O_VLIVE])
-    # Private faults on vmx and vCPU ids beyond the map go to the general path (errors).
     last = u[U_LAST_TS]
     seg = last  # the first ts of the current run of ts that never go backwards
     n_spurious = 0
@@ -1660,7 +1659,10 @@ def _fast_run(m, lf, u, rec, start, n):
             m[C_UNMAPS] += 1
         elif o == OP_FAULT_U:
             vid = w3 & M32
-            if vid >= MAX_VCPUS_U or (p != U64_ZERO and m[P_TDX] == 0):
+            # A private fault on vmx (an input error) needs no test here: no mirror leaf or
+            # table ever exists on vmx, so it is neither spurious nor maps into a table, and
+            # leaves for the general path, which reports it.
+            if vid >= MAX_VCPUS_U:
                 break
             vs = np.uint64(m[vmap + vid])
             # READY: live, and its top-up would add nothing (see the general path).
