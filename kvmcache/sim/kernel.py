@@ -1552,10 +1552,11 @@ def _lat_bucket(d):
     return b
 
 
-@njit(**JIT)
-def _fast_run(m, lf, u, rec, start, n):
+@njit(**JIT, inline="always")
+def _fast_loop(m, lf, u, rec, start, n, any3, ahead):
     """Apply the events of a chunk from index ``start`` on while they take the fast path;
-    return the index of the first one that does not (or n).
+    return the index of the first one that does not (or n). ``any3`` and ``ahead`` are
+    constants of each caller (see _fast_run).
 
     The fast path applies the common events when they take the simple path of the model
     (nothing else of the state changes):
@@ -1583,11 +1584,6 @@ def _fast_run(m, lf, u, rec, start, n):
     pb1 = np.uint64(m[O_PBITS])
     pb2 = np.uint64(m[O_PB2])
     pb3 = np.uint64(m[O_PB3])
-    # Whether any 1 GiB leaf is present (a few words): if none, the loop skips its bitmap.
-    any3 = False
-    for k in range(2 * m[Z_PB3]):
-        if m[m[O_PB3] + k] != 0:
-            any3 = True
     l1 = np.uint64(m[O_L1])
     vmap = np.uint64(m[O_VMAP])
     vlive = np.uint64(m[O_VLIVE])
@@ -1600,15 +1596,12 @@ def _fast_run(m, lf, u, rec, start, n):
     ns_fault = u[U_NS_FAULT]
     r4 = i << U2
     nw = end << U2
-    # On a large guest (P_PREFETCH, see state.py) the bitmap words and leaves of the working
-    # set miss the caches: each event prefetches the 4 KiB bitmap word and the 4 KiB leaf of
-    # the event ``P_PREFETCH`` records on, so that the misses overlap.
-    ahead = np.uint64(4 * m[P_PREFETCH])
+    pfw = np.uint64(4 * m[P_PREFETCH])
     while r4 < nw:
         pf = r4 + PF_WORDS
         PREFETCH(rec, pf if pf < nw else r4)
-        if ahead != U64_ZERO and r4 + ahead < nw:
-            j = r4 + ahead
+        if ahead and r4 + pfw < nw:
+            j = r4 + pfw
             ga = rec[j + U64_ONE]
             wa = ga >> SH6
             if wa < npw:
@@ -1751,6 +1744,47 @@ def _fast_run(m, lf, u, rec, start, n):
         _add_page_ns(u, m[G_IDLE], last - seg)
     u[U_LAST_TS] = last
     return np.int64(i)
+
+
+@njit(**JIT)
+def _fast_00(m, lf, u, rec, start, n):
+    return _fast_loop(m, lf, u, rec, start, n, False, False)
+
+
+@njit(**JIT)
+def _fast_01(m, lf, u, rec, start, n):
+    return _fast_loop(m, lf, u, rec, start, n, False, True)
+
+
+@njit(**JIT)
+def _fast_10(m, lf, u, rec, start, n):
+    return _fast_loop(m, lf, u, rec, start, n, True, False)
+
+
+@njit(**JIT)
+def _fast_11(m, lf, u, rec, start, n):
+    return _fast_loop(m, lf, u, rec, start, n, True, True)
+
+
+@njit(**JIT)
+def _fast_run(m, lf, u, rec, start, n):
+    """_fast_loop compiled for what stays the same during a run of fast events, so that the
+    loop tests neither: whether any 1 GiB leaf is present (a few words of its bitmap; if
+    none, the loop does not read that bitmap), and whether to prefetch each event's model
+    state some records ahead (P_PREFETCH: on a large guest, see state.py, the bitmap words
+    and leaves of the working set miss the caches, and prefetching the 4 KiB bitmap word
+    and the 4 KiB leaf of the event P_PREFETCH records on overlaps the misses)."""
+    any3 = False
+    for k in range(2 * m[Z_PB3]):
+        if m[m[O_PB3] + k] != 0:
+            any3 = True
+    if m[P_PREFETCH] != 0:
+        if any3:
+            return _fast_11(m, lf, u, rec, start, n)
+        return _fast_01(m, lf, u, rec, start, n)
+    if any3:
+        return _fast_10(m, lf, u, rec, start, n)
+    return _fast_00(m, lf, u, rec, start, n)
 
 
 @njit(**JIT)
