@@ -75,14 +75,10 @@ def bench_kernel() -> list[Row]:
             t = median_time(lambda a=alloc, h=header, e=ev: replay_events(h, e, a, validate=False))
             rate = n / t
             rows.append(row(f"kernel {scenario} {alloc}", rate, "events/s", 80e6))
+            # How far from reading one field at memory speed (a reference, no target: the
+            # kernel's target is issue 19's 80 M events/s and 3x the kernel it replaced).
             rows.append(
-                row(
-                    f"  ratio numpy / kernel ({scenario} {alloc})",
-                    ref_rate / rate,
-                    "x",
-                    3.0,
-                    lower=True,
-                )
+                row(f"  ratio numpy / kernel ({scenario} {alloc})", ref_rate / rate, "x", None)
             )
     return rows
 
@@ -163,7 +159,10 @@ def bench_end_to_end(tmp: str) -> list[Row]:
         wall = statistics.median(r[0] for r in runs)
         rss = max(r[1] for r in runs)
         results[label] = rss
-        rows.append(row(f"replay end to end, {n:,} events", n / wall, "events/s", 40e6))
+        # The target (issue 19) is for 100M events; shorter runs pay the start-up (about
+        # 0.6 s) on fewer events: KVMCACHE_BENCH_EVENTS=25000000 measures 25M and 100M.
+        target = 40e6 if n >= 100_000_000 else None
+        rows.append(row(f"replay end to end, {n:,} events", n / wall, "events/s", target))
         rows.append(row(f"  peak RSS, {n:,} events", rss / 1024, "MiB", None))
     growth = results["4x"] / results["1x"]
     rows.append(row("  RSS growth 4x events (1.0 = constant)", growth, "x", 1.2, lower=True))
