@@ -1820,15 +1820,14 @@ def run_chunk(
     nsmax = m[P_NSAMPLES]
     fast = every == 0 and m[Z_RSPARSE] == 0
     n = rec.shape[0] >> 2
-    i = start - 1
-    while i + 1 < n:
-        i += 1
+    i = start
+    while i < n:
         if fast:
             i = _fast_run(m, lf, u, rec, i, n)
             if i >= n:
                 break
         r4 = 4 * i
-        PREFETCH(rec, min(r4 + PF_EVENTS * 4, 4 * n - 1))
+        PREFETCH(rec, min(r4 + 4 * PF_EVENTS, 4 * n - 1))
         w3 = rec[r4 + 3]
         o = np.int64((w3 >> SH32) & M8)
         uses_vcpu = o == OP_FAULT or o == OP_VCPU_CREATE or o == OP_VCPU_DESTROY
@@ -1913,6 +1912,7 @@ def run_chunk(
             return ST_ERROR, i
         if every > 0 and m[C_EVENTS] % every == 0:
             _sample(m, t)
+        i += 1
     return ST_OK, n
 
 
